@@ -1,0 +1,26 @@
+//! corecast: a Pusher Channels (protocol 7) server, one shard per core, on io_uring.
+//!
+//! # Layout
+//!
+//! - [`config`]: the `Config` with its documented defaults, read from `--config` JSON,
+//!   `SOKETI_*` and `CORECAST_*` variables.
+//! - [`auth`]: HMAC signing and checking for REST requests, channel auth and user sign-in.
+//! - [`ws`]: RFC 6455 framing and the upgrade handshake, sans-IO.
+//! - [`protocol`]: Pusher protocol 7 messages, channel names, error codes, sans-IO.
+//! - [`app`]: the app table shared read-only by every shard.
+//! - [`registry`]: shard-local channel subscriptions.
+//! - [`fanout`]: the envelope shards exchange and the N x N mesh of SPSC rings.
+//! - [`http`]: the REST API and health routes.
+//! - [`shard`]: one pinned thread per core: accept loop, connection driver, fan-out.
+//! - [`server`]: starts the shards and waits for them.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod fanout;
+pub mod http;
+pub mod protocol;
+pub mod registry;
+pub mod server;
+pub mod shard;
+pub mod ws;
