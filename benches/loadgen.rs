@@ -1,1 +1,279 @@
-fn main() {}
+//! End-to-end load generator that measures the server's own cost.
+//!
+//! `cargo build --release && cargo bench --bench loadgen -- [options]` (see `--help`).
+//! Each run starts a fresh `corecast start` (`--server-bin`), waits for `GET /ready`,
+//! runs one scenario, reads the server's CPU time and RSS from `/proc` around the
+//! measured window, stops the server, and prints a summary and one `RESULT {json}`
+//! line with the median of every figure over `--runs`.
+//!
+//! # Layout
+//!
+//! - `args`: options and their defaults per scenario.
+//! - `server`: the child process, `/ready`, `/proc` readings, the fd limit.
+//! - `ws`: a minimal masked-frame WebSocket client that subscribes to one channel.
+//! - `clients`: client threads (one monoio runtime each) that open connections in
+//!   waves and read deliveries: latency, loss, reordering.
+//! - `publish`: signed REST publishes over keep-alive connections, paced or flat out.
+//! - `scenario`: `delivery`, `memory`, `connect`.
+
+#[path = "loadgen/args.rs"]
+mod args;
+#[path = "loadgen/clients.rs"]
+mod clients;
+#[path = "loadgen/publish.rs"]
+mod publish;
+#[path = "loadgen/scenario.rs"]
+mod scenario;
+#[path = "loadgen/server.rs"]
+mod server;
+#[path = "loadgen/ws.rs"]
+mod ws;
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitCode;
+
+use serde_json::{Map, Value, json};
+
+use args::{Args, Scenario, USAGE};
+use scenario::RunResult;
+use server::Server;
+
+/// Descriptors beyond one per connection: publishers, io_uring, std streams, logs.
+const FD_HEADROOM: u64 = 64;
+
+fn main() -> ExitCode {
+    let args = match Args::parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("loadgen: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let needed = args.connections as u64 + args.publishers as u64 + FD_HEADROOM;
+    if let Err(e) = server::ensure_fd_limit(needed) {
+        eprintln!("loadgen: {e}");
+        return ExitCode::from(2);
+    }
+
+    let mut results: Vec<RunResult> = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
+    for k in 0..args.runs {
+        eprintln!(
+            "== {} run {}/{}: {} connections, {} shard(s)",
+            args.scenario.name(),
+            k + 1,
+            args.runs,
+            args.connections,
+            args.shards
+        );
+        match run_once(&args, k) {
+            Ok(r) => {
+                print_run(&r);
+                results.push(r);
+            }
+            Err(e) => {
+                eprintln!("loadgen: run {} failed: {e}", k + 1);
+                failures.push(format!("run {}: {e}", k + 1));
+            }
+        }
+    }
+    report(&args, &results, &failures);
+    // Leftover threads (a stuck client) must not keep the process alive.
+    let code = if failures.is_empty() && !results.is_empty() {
+        0
+    } else {
+        1
+    };
+    std::process::exit(code)
+}
+
+/// One fresh server, one scenario, server stopped whatever happened.
+fn run_once(args: &Args, k: usize) -> Result<RunResult, String> {
+    let tag = format!(
+        "{}-shards{}-run{}",
+        args.scenario.name(),
+        args.shards,
+        k + 1
+    );
+    let mut server = Server::spawn(args, &tag)?;
+    let outcome = server.wait_ready(args.port).and_then(|ready| {
+        eprintln!(
+            "  server pid {} ready in {} ms",
+            server.pid,
+            ready.as_millis()
+        );
+        scenario::run(args, &mut server)
+    });
+    let log = server.log.clone();
+    let tail = server.log_tail(10);
+    let exit = server.stop();
+    let mut result = outcome?;
+    if let Some(status) = exit.died_early {
+        return Err(format!(
+            "server died during the run ({status}); log {}:\n{tail}",
+            log.display()
+        ));
+    }
+    if exit.killed {
+        result.notes.push(format!(
+            "server ignored SIGTERM for 5 s and was killed; log {}",
+            log.display()
+        ));
+    } else if let Some(status) = exit
+        .status
+        .filter(|s| !s.success() && s.signal() != Some(libc::SIGTERM))
+    {
+        result.notes.push(format!(
+            "server exit after SIGTERM: {status}; log {}",
+            log.display()
+        ));
+    }
+    if !result.notes.is_empty() {
+        result.notes.push(format!("server log: {}", log.display()));
+    }
+    Ok(result)
+}
+
+fn print_run(r: &RunResult) {
+    let line: Vec<String> = r
+        .figures
+        .iter()
+        .filter(|(n, _)| HEADLINE.contains(n))
+        .map(|(n, v)| format!("{n}={}", fmt_num(*v)))
+        .collect();
+    eprintln!("  {}", line.join(" "));
+    for n in &r.notes {
+        eprintln!("  ! {n}");
+    }
+}
+
+/// Figures worth a glance after each run.
+const HEADLINE: &[&str] = &[
+    "deliveries_per_s",
+    "latency_p50_us",
+    "latency_p99_us",
+    "lost",
+    "server_cpu_us_per_delivery",
+    "server_rss_per_connection_bytes",
+    "server_cpu_us_per_connection",
+    "connections_per_s",
+    "connections_failed",
+];
+
+/// Median per figure, a human table, and the `RESULT` line.
+fn report(args: &Args, results: &[RunResult], failures: &[String]) {
+    let mut values: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let order: Vec<&str> = results
+        .first()
+        .map(|r| r.figures.iter().map(|f| f.0).collect())
+        .unwrap_or_default();
+    for r in results {
+        for (n, v) in &r.figures {
+            values.entry(n).or_default().push(*v);
+        }
+    }
+    println!();
+    let what = match args.scenario {
+        Scenario::Delivery => format!(
+            "channels {} | rate {} | payload {} B",
+            args.channels, args.rate, args.payload_bytes
+        ),
+        _ => format!("channels {} | batch {}", args.channels, args.batch),
+    };
+    println!(
+        "loadgen {} | shards {} | connections {} | {what} | {} of {} run(s) ok",
+        args.scenario.name(),
+        args.shards,
+        args.connections,
+        results.len(),
+        args.runs
+    );
+    let mut median = Map::new();
+    for n in &order {
+        let vs = &values[n];
+        let m = median_of(vs);
+        let each: Vec<String> = vs.iter().map(|v| fmt_num(*v)).collect();
+        if vs.len() > 1 {
+            println!("  {n:<34} {:>14}   runs: {}", fmt_num(m), each.join(", "));
+        } else {
+            println!("  {n:<34} {:>14}", fmt_num(m));
+        }
+        median.insert(n.to_string(), num_json(m));
+    }
+    for (i, r) in results.iter().enumerate() {
+        for note in &r.notes {
+            println!("  ! ok run {}: {note}", i + 1);
+        }
+    }
+    for f in failures {
+        println!("  ! FAILED {}", f.lines().next().unwrap_or(""));
+    }
+    let per_run: Vec<Value> = results
+        .iter()
+        .map(|r| {
+            let figs: Map<String, Value> = r
+                .figures
+                .iter()
+                .map(|(n, v)| (n.to_string(), num_json(*v)))
+                .collect();
+            json!({ "figures": figs, "notes": r.notes })
+        })
+        .collect();
+    let out = json!({
+        "scenario": args.scenario.name(),
+        "shards": args.shards,
+        "runs": args.runs,
+        "runs_ok": results.len(),
+        "params": {
+            "connections": args.connections,
+            "channels": args.channels,
+            "rate": args.rate,
+            "duration_s": args.duration.as_secs_f64(),
+            "warmup_s": args.warmup.as_secs_f64(),
+            "payload_bytes": args.payload_bytes,
+            "batch": args.batch,
+            "client_threads": args.client_threads,
+            "publishers": args.publishers,
+            "server_bin": args.server_bin.display().to_string(),
+        },
+        "median": median,
+        "per_run": per_run,
+        "failures": failures,
+    });
+    println!("RESULT {out}");
+}
+
+fn median_of(vs: &[f64]) -> f64 {
+    let mut v = vs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn is_integral(v: f64) -> bool {
+    v.fract() == 0.0 && v.abs() < 1e15
+}
+
+fn num_json(v: f64) -> Value {
+    if is_integral(v) {
+        json!(v as i64)
+    } else {
+        json!((v * 1000.0).round() / 1000.0)
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if is_integral(v) {
+        format!("{}", v as i64)
+    } else {
+        format!("{v:.3}")
+    }
+}

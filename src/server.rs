@@ -1,1 +1,71 @@
-//! placeholder
+//! Starting the server: build the app table and the ring mesh, start one shard per core,
+//! and wait for them.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::app::AppTable;
+use crate::config::Config;
+use crate::fanout;
+use crate::shard;
+
+/// A running server: its shards' threads and the address they listen on.
+pub struct Server {
+    /// The bound address (useful when the port was 0).
+    pub addr: SocketAddr,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Waits for every shard to stop (they run until the process ends).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts every shard and returns once all of them listen.
+pub fn start(config: Config) -> io::Result<Server> {
+    let shards = config.shards.max(1);
+    let config = Arc::new(Config { shards, ..config });
+    let apps = Arc::new(AppTable::new(config.apps.clone()));
+    let node = node_id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut threads = Vec::with_capacity(shards);
+    for (id, links) in fanout::mesh(shards, config.ring_capacity)
+        .into_iter()
+        .enumerate()
+    {
+        threads.push(shard::spawn(
+            id,
+            Arc::clone(&config),
+            Arc::clone(&apps),
+            links,
+            node,
+            tx.clone(),
+        )?);
+    }
+    drop(tx);
+    let mut addr = None;
+    for _ in 0..shards {
+        match rx.recv() {
+            Ok(Ok(a)) => addr = Some(a),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(io::Error::other("a shard stopped before it was listening")),
+        }
+    }
+    let addr = addr.ok_or_else(|| io::Error::other("no shard started"))?;
+    Ok(Server { addr, threads })
+}
+
+/// A per-process socket-id prefix below 10^9, from the clock and the pid.
+fn node_id() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mixed = (nanos ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((mixed >> 32) % 1_000_000_000) as u32
+}

@@ -1,1 +1,372 @@
-//! placeholder
+//! The server's configuration, read as Soketi reads it so corecast is a drop-in replacement:
+//! built-in defaults, then the `--config` JSON file (Soketi's dotted keys, or the same keys
+//! nested), then the environment (`SOKETI_*` with Soketi's names, `CORECAST_*` for options
+//! Soketi lacks). Later sources win.
+//!
+//! Loading is strict where Soketi is lenient: an unknown key or variable, or a value that does
+//! not parse, stops the start with an error naming it, instead of running a default the user
+//! did not ask for. Every variable is listed, with its default, in [`env::VARS`].
+//!
+//! # Layout
+//!
+//! - `env.rs`: every environment variable, its key and default.
+//! - `settings.rs`: what each dotted key does, and flattening of the file.
+//! - `app.rs`: one app's credentials and limits; `app_fields.rs` reads them (camelCase,
+//!   PascalCase, snake_case).
+//! - `webhook.rs`: an app's webhook list.
+//! - `value.rs`: typed readers for env text and JSON values.
+//! - `error.rs`: [`ConfigError`].
+
+mod app;
+mod app_fields;
+pub mod env;
+mod error;
+mod settings;
+mod value;
+mod webhook;
+
+use std::time::Duration;
+
+pub use app::AppConfig;
+pub use error::ConfigError;
+pub use webhook::{WebhookConfig, WebhookEvent, WebhookFilter};
+
+use app::AppDefaults;
+use app_fields::AppFields;
+use value::Raw;
+
+/// Everything the server needs to start. Built once, then shared read-only (`Arc`) by shards.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address the WebSocket + REST listener binds (`SOKETI_HOST`, `host`), `0.0.0.0`.
+    pub host: String,
+    /// Port of that listener (`SOKETI_PORT`, `port`), 6001.
+    pub port: u16,
+    /// Prefix of every HTTP and WebSocket path (`SOKETI_PATH_PREFIX`, `pathPrefix`), empty.
+    pub path_prefix: String,
+    /// Shard threads (`CORECAST_SHARDS`, `shards`); default: the cores available.
+    pub shards: usize,
+    /// The apps, in configuration order; ids and keys are unique.
+    pub apps: Vec<AppConfig>,
+    /// Sent in `connection_established`; the server pings a socket silent this long
+    /// (`CORECAST_ACTIVITY_TIMEOUT`, seconds, `activityTimeout`), 120 s as Pusher.
+    pub activity_timeout: Duration,
+    /// How long a ping may go unanswered before close 4201 (`CORECAST_PONG_TIMEOUT`, seconds,
+    /// `pongTimeout`), 30 s.
+    pub pong_timeout: Duration,
+    /// Bound of one connection's send queue; a slower reader is closed
+    /// (`CORECAST_MAX_OUTBOUND_KB`, `maxOutboundKb`), 1024 KiB.
+    pub max_outbound_bytes: usize,
+    /// Largest WebSocket message accepted from a client (`CORECAST_MAX_WS_MESSAGE_KB`,
+    /// `maxWsMessageKb`), 256 KiB.
+    pub max_ws_message_bytes: usize,
+    /// Largest REST body before 413 (`SOKETI_HTTP_MAX_REQUEST_SIZE` in MB,
+    /// `httpApi.requestLimitInMb`), 100 MiB as Soketi.
+    pub max_http_body_bytes: usize,
+    /// Envelopes per shard-to-shard ring (`CORECAST_RING_CAPACITY`, `ringCapacity`), 16384.
+    pub ring_capacity: usize,
+    /// Serve Prometheus `/metrics` (`SOKETI_METRICS_ENABLED`, `metrics.enabled`), false.
+    pub metrics_enabled: bool,
+    /// Address of the metrics listener (`SOKETI_METRICS_HOST`, `metrics.host`), `0.0.0.0`.
+    pub metrics_host: String,
+    /// Port of the metrics listener (`SOKETI_METRICS_SERVER_PORT`, `metrics.port`), 9601.
+    pub metrics_port: u16,
+    /// Prefix of metric names (`SOKETI_METRICS_PROMETHEUS_PREFIX`,
+    /// `metrics.prometheus.prefix`), `soketi_` so existing dashboards keep working.
+    pub metrics_prefix: String,
+    /// Verbose logging (`SOKETI_DEBUG`, `debug`), false.
+    pub debug: bool,
+    /// Time between telling sockets to go and exiting (`SOKETI_SHUTDOWN_GRACE_PERIOD`, ms,
+    /// `shutdownGracePeriod`), 3 s.
+    pub shutdown_grace_period: Duration,
+    /// How long a socket of an app with user authentication has to `pusher:signin`
+    /// (`SOKETI_USER_AUTHENTICATION_TIMEOUT`, ms, `userAuthenticationTimeout`), 30 s.
+    pub user_authentication_timeout: Duration,
+    /// How nodes share messages (`SOKETI_ADAPTER_DRIVER`, `adapter.driver`), local.
+    pub adapter: AdapterDriver,
+    /// The Redis server of the redis adapter.
+    pub redis: RedisConfig,
+    /// Collect webhook events into batches (`SOKETI_WEBHOOKS_BATCHING`,
+    /// `webhooks.batching.enabled`), false.
+    pub webhooks_batching: bool,
+    /// How long a batch collects (`SOKETI_WEBHOOKS_BATCHING_DURATION`, ms,
+    /// `webhooks.batching.duration`), 50 ms.
+    pub webhooks_batching_duration: Duration,
+    /// Certificate files; TLS is on when [`TlsConfig::enabled`].
+    pub tls: TlsConfig,
+}
+
+/// Which adapter carries messages between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdapterDriver {
+    /// One node: shards talk only through their rings.
+    Local,
+    /// Many nodes, joined through Redis pub/sub.
+    Redis,
+}
+
+/// Connection to Redis for the redis adapter (Soketi's `database.redis.*` and `adapter.redis.*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `SOKETI_DB_REDIS_HOST`, `127.0.0.1`.
+    pub host: String,
+    /// `SOKETI_DB_REDIS_PORT`, 6379.
+    pub port: u16,
+    /// `SOKETI_DB_REDIS_DB`, 0.
+    pub db: u32,
+    /// `SOKETI_DB_REDIS_USERNAME` for `AUTH user pass`, none.
+    pub username: Option<String>,
+    /// `SOKETI_DB_REDIS_PASSWORD`, none.
+    pub password: Option<String>,
+    /// `SOKETI_DB_REDIS_KEY_PREFIX`: prefix of every key written (presence rosters), empty.
+    pub key_prefix: String,
+    /// `SOKETI_ADAPTER_REDIS_PREFIX`: prefix of the pub/sub channels, empty.
+    pub channel_prefix: String,
+    /// `SOKETI_ADAPTER_REDIS_REQUESTS_TIMEOUT` (ms): how long a cross-node question waits
+    /// for answers, 5 s.
+    pub requests_timeout: Duration,
+}
+
+/// TLS files, as Soketi's `ssl.*` (`SOKETI_SSL_CERT`, `_KEY`, `_PASS`, `_CA`); empty when unset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM certificate chain path.
+    pub cert_path: String,
+    /// PEM private key path.
+    pub key_path: String,
+    /// Passphrase of the private key.
+    pub passphrase: String,
+    /// CA bundle path.
+    pub ca_path: String,
+}
+
+impl TlsConfig {
+    /// Whether to serve TLS: as in Soketi, when the cert, the key or the passphrase is set.
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        !(self.cert_path.is_empty() && self.key_path.is_empty() && self.passphrase.is_empty())
+    }
+}
+
+impl Default for Config {
+    /// The configuration with nothing set: Soketi's defaults and its one app
+    /// `app-id` / `app-key` / `app-secret`.
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".to_owned(),
+            port: 6001,
+            path_prefix: String::new(),
+            shards: std::thread::available_parallelism().map_or(1, usize::from),
+            apps: vec![AppConfig::new("app-id", "app-key", "app-secret")],
+            activity_timeout: Duration::from_secs(120),
+            pong_timeout: Duration::from_secs(30),
+            max_outbound_bytes: 1024 * 1024,
+            max_ws_message_bytes: 256 * 1024,
+            max_http_body_bytes: 100 * 1024 * 1024,
+            ring_capacity: 16384,
+            metrics_enabled: false,
+            metrics_host: "0.0.0.0".to_owned(),
+            metrics_port: 9601,
+            metrics_prefix: "soketi_".to_owned(),
+            debug: false,
+            shutdown_grace_period: Duration::from_millis(3000),
+            user_authentication_timeout: Duration::from_millis(30_000),
+            adapter: AdapterDriver::Local,
+            redis: RedisConfig {
+                host: "127.0.0.1".to_owned(),
+                port: 6379,
+                db: 0,
+                username: None,
+                password: None,
+                key_prefix: String::new(),
+                channel_prefix: String::new(),
+                requests_timeout: Duration::from_millis(5000),
+            },
+            webhooks_batching: false,
+            webhooks_batching_duration: Duration::from_millis(50),
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration. `args` are the words after `corecast start`
+    /// (`--config=/x.json` or `--config /x.json`); `env` looks up one variable.
+    ///
+    /// `env` is only asked for the names in [`env::VARS`], so it cannot report unknown
+    /// variables; [`Config::from_process_env`] does that for the real process environment.
+    pub fn load(
+        args: &[String],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = match config_path(args)? {
+            Some(path) => {
+                Some(
+                    std::fs::read_to_string(path).map_err(|e| ConfigError::ReadFile {
+                        path: path.to_owned(),
+                        reason: e.to_string(),
+                    })?,
+                )
+            }
+            None => None,
+        };
+        Self::from_sources(text.as_deref(), env)
+    }
+
+    /// [`Config::load`] with the process environment, after checking that every `SOKETI_*` and
+    /// `CORECAST_*` variable set is one corecast knows. What `main` should call.
+    pub fn from_process_env(args: &[String]) -> Result<Config, ConfigError> {
+        let mut names = Vec::new();
+        for (name, value) in std::env::vars_os() {
+            let name = name.to_string_lossy().into_owned();
+            if (name.starts_with("SOKETI_") || name.starts_with("CORECAST_"))
+                && value.to_str().is_none()
+            {
+                let value = value.to_string_lossy().into_owned();
+                return Err(ConfigError::Invalid {
+                    option: name,
+                    value,
+                    expected: "UTF-8 text".to_owned(),
+                });
+            }
+            names.push(name);
+        }
+        env::check_names(names.iter().map(String::as_str))?;
+        Self::load(args, &|name| std::env::var(name).ok())
+    }
+
+    /// Builds the configuration from the config file's text (if any) and the environment;
+    /// [`Config::load`] without the file system, for tests.
+    pub fn from_sources(
+        file: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = Builder::new();
+        if let Some(text) = file {
+            let root: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| ConfigError::BadJson {
+                    option: "the config file".to_owned(),
+                    reason: e.to_string(),
+                })?;
+            let serde_json::Value::Object(root) = root else {
+                return Err(ConfigError::Invalid {
+                    option: "the config file".to_owned(),
+                    value: Raw::Json(root).shown(),
+                    expected: "a JSON object of options".to_owned(),
+                });
+            };
+            for (key, value) in settings::flatten(&root) {
+                builder.apply(&key, Raw::Json(value), &key)?;
+            }
+        }
+        let mut set_by: Vec<(&str, &str)> = Vec::new();
+        for var in env::VARS {
+            // As in Soketi, an empty variable counts as unset.
+            let Some(text) = env(var.name).filter(|t| !t.is_empty()) else {
+                continue;
+            };
+            if let Some((_, other)) = set_by.iter().find(|(key, _)| *key == var.key) {
+                let expected = format!("only one of {other} and {} to be set", var.name);
+                return Err(ConfigError::Invalid {
+                    option: var.name.to_owned(),
+                    value: format!("{text:?}"),
+                    expected,
+                });
+            }
+            set_by.push((var.key, var.name));
+            builder.apply(var.key, Raw::Env(text), var.name)?;
+        }
+        builder.finish()
+    }
+
+    /// The app with this id (REST paths).
+    #[must_use]
+    pub fn app_by_id(&self, id: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.id == id)
+    }
+
+    /// The app with this key (WebSocket paths).
+    #[must_use]
+    pub fn app_by_key(&self, key: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.key == key)
+    }
+}
+
+/// The configuration while sources are applied; apps stay raw until [`Builder::finish`]
+/// because their limits default to server-level limits that may be set later.
+#[derive(Debug)]
+pub(crate) struct Builder {
+    config: Config,
+    app_defaults: AppDefaults,
+    apps: Vec<AppFields>,
+}
+
+impl Builder {
+    pub(crate) fn new() -> Self {
+        Self {
+            config: Config {
+                apps: Vec::new(),
+                ..Config::default()
+            },
+            app_defaults: AppDefaults::default(),
+            apps: vec![AppFields::soketi_default()],
+        }
+    }
+
+    fn finish(mut self) -> Result<Config, ConfigError> {
+        if self.apps.is_empty() {
+            return Err(ConfigError::NoApps);
+        }
+        for (i, fields) in self.apps.iter().enumerate() {
+            let app = app_fields::build(
+                fields,
+                &format!("appManager.array.apps.{i}"),
+                &self.app_defaults,
+            )?;
+            for (field, value) in [("id", &app.id), ("key", &app.key)] {
+                let same = |a: &AppConfig| {
+                    if field == "id" {
+                        &a.id == value
+                    } else {
+                        &a.key == value
+                    }
+                };
+                if self.config.apps.iter().any(same) {
+                    return Err(ConfigError::DuplicateApp {
+                        field,
+                        value: value.clone(),
+                    });
+                }
+            }
+            self.config.apps.push(app);
+        }
+        Ok(self.config)
+    }
+}
+
+/// The path of `--config=<path>` or `--config <path>`, if given.
+fn config_path(args: &[String]) -> Result<Option<&str>, ConfigError> {
+    let mut path = None;
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        if let Some(p) = word.strip_prefix("--config=") {
+            path = Some(p);
+        } else if word == "--config" {
+            path = Some(
+                words
+                    .next()
+                    .map(String::as_str)
+                    .ok_or(ConfigError::MissingConfigPath)?,
+            );
+        } else {
+            return Err(ConfigError::UnknownArgument(word.clone()));
+        }
+    }
+    match path {
+        Some("") => Err(ConfigError::MissingConfigPath),
+        other => Ok(other),
+    }
+}
+
+#[cfg(test)]
+mod tests;

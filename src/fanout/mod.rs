@@ -1,1 +1,205 @@
-//! placeholder
+//! The N x N mesh of wait-free SPSC rings between shards, and the envelope they carry.
+//!
+//! Every shard owns one producer towards each other shard and one consumer from each.
+//! A consumer that finds its rings empty parks its task; the producer that next pushes
+//! wakes it through monoio's cross-thread waker, so an idle shard never spins.
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+
+use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+use rtrb::{Consumer, Producer, RingBuffer};
+
+use crate::app::AppIdx;
+use crate::protocol::SocketId;
+
+/// What one shard asks another to do.
+#[derive(Debug)]
+pub enum Envelope {
+    /// Write `frame` (already encoded, shared by refcount) to every local subscriber of
+    /// `channel` except the socket `except`.
+    Publish {
+        app: AppIdx,
+        channel: Arc<str>,
+        frame: Bytes,
+        except: Option<SocketId>,
+    },
+}
+
+/// The wake-up side of a shard's inbox, shared with every producer.
+#[derive(Debug, Default)]
+struct Signal {
+    waker: AtomicWaker,
+    /// Set by the consumer just before it parks; a producer that clears it wakes it.
+    sleeping: AtomicBool,
+}
+
+/// A shard's producers, one per other shard (`None` at its own index).
+pub struct Outbox {
+    targets: Vec<Option<(Producer<Envelope>, Arc<Signal>)>>,
+}
+
+/// A shard's consumers, one per other shard.
+pub struct Inbox {
+    rings: Vec<Consumer<Envelope>>,
+    signal: Arc<Signal>,
+}
+
+/// Builds the mesh for `shards` shards with rings of `capacity` envelopes; element `i` is
+/// shard `i`'s outbox and inbox.
+#[must_use]
+pub fn mesh(shards: usize, capacity: usize) -> Vec<(Outbox, Inbox)> {
+    let signals: Vec<Arc<Signal>> = (0..shards).map(|_| Arc::default()).collect();
+    let mut outboxes: Vec<Outbox> = (0..shards)
+        .map(|_| Outbox {
+            targets: (0..shards).map(|_| None).collect(),
+        })
+        .collect();
+    let mut inboxes: Vec<Inbox> = signals
+        .iter()
+        .map(|signal| Inbox {
+            rings: Vec::new(),
+            signal: Arc::clone(signal),
+        })
+        .collect();
+    for (from, outbox) in outboxes.iter_mut().enumerate() {
+        for (to, (inbox, signal)) in inboxes.iter_mut().zip(&signals).enumerate() {
+            if from == to {
+                continue;
+            }
+            let (producer, consumer) = RingBuffer::new(capacity);
+            outbox.targets[to] = Some((producer, Arc::clone(signal)));
+            inbox.rings.push(consumer);
+        }
+    }
+    outboxes.into_iter().zip(inboxes).collect()
+}
+
+impl Outbox {
+    /// The shards this outbox reaches (all but its own).
+    pub fn targets(&self) -> impl Iterator<Item = usize> + '_ {
+        self.targets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.as_ref().map(|_| i))
+    }
+
+    /// Pushes `envelope` towards shard `to` and wakes it if it sleeps. A full ring hands
+    /// the envelope back: the caller decides whether to wait or to drop and count.
+    pub fn push(&mut self, to: usize, envelope: Envelope) -> Result<(), Envelope> {
+        let Some(Some((producer, signal))) = self.targets.get_mut(to) else {
+            return Err(envelope);
+        };
+        producer
+            .push(envelope)
+            .map_err(|rtrb::PushError::Full(e)| e)?;
+        if signal.sleeping.swap(false, Ordering::SeqCst) {
+            signal.waker.wake();
+        }
+        Ok(())
+    }
+}
+
+impl Inbox {
+    /// Pops up to `max` envelopes, oldest first per ring, and hands each to `f`.
+    pub fn drain(&mut self, max: usize, mut f: impl FnMut(Envelope)) -> usize {
+        let mut n = 0;
+        for ring in &mut self.rings {
+            while n < max {
+                match ring.pop() {
+                    Ok(envelope) => {
+                        f(envelope);
+                        n += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        n
+    }
+
+    /// Waits until some ring holds an envelope.
+    pub async fn ready(&self) {
+        poll_fn(|cx| {
+            if self.has_items() {
+                return Poll::Ready(());
+            }
+            self.signal.waker.register(cx.waker());
+            self.signal.sleeping.store(true, Ordering::SeqCst);
+            if self.has_items() {
+                self.signal.sleeping.store(false, Ordering::SeqCst);
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
+    fn has_items(&self) -> bool {
+        self.rings.iter().any(|r| !r.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(n: u64) -> Envelope {
+        Envelope::Publish {
+            app: AppIdx(0),
+            channel: Arc::from("c"),
+            frame: Bytes::from(n.to_string()),
+            except: None,
+        }
+    }
+
+    #[test]
+    fn mesh_delivers_in_order_between_every_pair() {
+        let mut shards = mesh(3, 8);
+        for (outbox, _) in &mut shards {
+            let targets: Vec<usize> = outbox.targets().collect();
+            assert_eq!(targets.len(), 2);
+            for to in targets {
+                for n in 0..3 {
+                    assert!(outbox.push(to, publish(n)).is_ok());
+                }
+            }
+        }
+        for (_, inbox) in &mut shards {
+            let mut seen = Vec::new();
+            inbox.drain(100, |Envelope::Publish { frame, .. }| seen.push(frame));
+            assert_eq!(seen.len(), 6);
+            assert_eq!(
+                &seen[..3],
+                &[Bytes::from("0"), Bytes::from("1"), Bytes::from("2")]
+            );
+        }
+    }
+
+    #[test]
+    fn full_ring_hands_the_envelope_back() {
+        let mut shards = mesh(2, 1);
+        assert!(shards[0].0.push(1, publish(1)).is_ok());
+        assert!(shards[0].0.push(1, publish(2)).is_err());
+    }
+
+    #[test]
+    fn parked_consumer_is_woken_by_another_thread() {
+        let mut shards = mesh(2, 4);
+        let (mut producer_side, _) = shards.remove(0);
+        let (_, inbox) = shards.remove(0);
+        let handle = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(producer_side.push(1, publish(1)).is_ok());
+        });
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .expect("runtime");
+        rt.block_on(inbox.ready());
+        handle.join().expect("producer thread");
+    }
+}

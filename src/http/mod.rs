@@ -1,1 +1,183 @@
-//! placeholder
+//! The HTTP side of the port: health checks and the Pusher REST API, with Pusher's
+//! statuses and Soketi's error body `{"error": "...", "code": N}`.
+
+mod events;
+
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use http::{Method, Version, header};
+use monoio_http::common::request::RequestHead;
+
+use crate::auth;
+use crate::shard::Shard;
+
+/// A response ready to encode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A JSON response.
+    #[must_use]
+    pub fn json(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            status,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    /// A plain-text response.
+    #[must_use]
+    pub fn text(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            content_type: "text/plain",
+            headers: Vec::new(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    /// The response as HTTP/1.1 bytes.
+    #[must_use]
+    pub fn encode(&self, keep_alive: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160 + self.body.len());
+        let connection = if keep_alive { "keep-alive" } else { "close" };
+        out.extend_from_slice(
+            format!(
+                "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\nAccess-Control-Allow-Origin: *\r\n",
+                self.status,
+                reason(self.status),
+                self.content_type,
+                self.body.len(),
+                connection
+            )
+            .as_bytes(),
+        );
+        for (name, value) in &self.headers {
+            out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// An error response with Soketi's body: `{"error": message, "code": status}`.
+#[must_use]
+pub fn error(status: u16, message: &str) -> Response {
+    let body = serde_json::json!({ "error": message, "code": status });
+    Response::json(status, body.to_string())
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// Whether the request asks for a WebSocket upgrade.
+#[must_use]
+pub fn is_upgrade(head: &RequestHead) -> bool {
+    head.headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Whether the connection stays open after this request.
+#[must_use]
+pub fn keep_alive(head: &RequestHead) -> bool {
+    let connection = head
+        .headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok());
+    let has = |token: &str| {
+        connection.is_some_and(|c| c.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    match head.version {
+        Version::HTTP_11 => !has("close"),
+        _ => has("keep-alive"),
+    }
+}
+
+/// The body length from `Content-Length`, refusing chunked bodies and bodies over `max`.
+pub fn body_length(head: &RequestHead, max: usize) -> Result<usize, Response> {
+    if head.headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(error(
+            411,
+            "Chunked request bodies are not supported; send Content-Length.",
+        ));
+    }
+    let Some(value) = head.headers.get(header::CONTENT_LENGTH) else {
+        return Ok(0);
+    };
+    let len = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .ok_or_else(|| error(400, "Invalid Content-Length."))?;
+    if len > max {
+        return Err(error(413, "The request body is too large."));
+    }
+    Ok(len)
+}
+
+/// Routes one request (not an upgrade) and returns its response. Publishing queues frames
+/// on the shard; the caller flushes them.
+pub fn handle(shard: &Rc<Shard>, head: &RequestHead, body: &mut BytesMut) -> Response {
+    let path = head.uri.path();
+    match (path, &head.method) {
+        ("/" | "/ready", &Method::GET) => return Response::text(200, "OK"),
+        ("/" | "/ready", _) => return error(405, "Method not allowed."),
+        _ => {}
+    }
+    let Some(rest) = path.strip_prefix("/apps/") else {
+        return error(404, "Not found.");
+    };
+    let (app_id, route) = rest.split_once('/').unwrap_or((rest, ""));
+    let Some((app_idx, app)) = shard.apps.by_id(app_id) else {
+        return error(404, "App not found.");
+    };
+    let query = auth::parse_query(head.uri.query().unwrap_or(""));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if let Err(e) = auth::verify_rest_request(
+        &app.key,
+        &app.secret,
+        head.method.as_str(),
+        path,
+        &query,
+        body,
+        now,
+    ) {
+        return error(401, &e.to_string());
+    }
+    match (route, &head.method) {
+        ("events", &Method::POST) => events::trigger(shard, app_idx, body),
+        ("batch_events", &Method::POST) => events::trigger_batch(shard, app_idx, body),
+        ("events" | "batch_events", _) => error(405, "Method not allowed."),
+        _ => error(404, "Not found."),
+    }
+}

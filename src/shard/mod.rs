@@ -1,1 +1,234 @@
-//! placeholder
+//! A shard: one thread pinned to one core, with its own monoio runtime, its own
+//! `SO_REUSEPORT` listener on the shared port, its own connections and channel maps.
+//!
+//! Tasks on a shard: the accept loop, one reader task per connection (plus a writer task
+//! while a socket is full), the inbox loop that drains the rings from other shards, and a
+//! once-a-second sweep for activity timeouts and stuck closes.
+
+mod conn;
+mod driver;
+mod publish;
+mod session;
+mod sweep;
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use slab::Slab;
+
+pub use conn::{Conn, Flushed, Outbound};
+
+use crate::app::AppTable;
+use crate::config::Config;
+use crate::fanout::{Inbox, Outbox};
+use crate::protocol::SocketId;
+use crate::registry::{ConnKey, Registry};
+
+/// Size of the per-shard read buffer every connection reads into in turn.
+const SCRATCH_BYTES: usize = 64 * 1024;
+
+/// Everything a shard owns. Single-threaded: interior mutability, no locks.
+pub struct Shard {
+    /// This shard's number, 0..shards.
+    pub id: usize,
+    /// How many shards the process runs.
+    pub shards: usize,
+    /// The process's socket-id prefix.
+    pub node: u32,
+    pub config: Arc<Config>,
+    pub apps: Arc<AppTable>,
+    /// Local connections, by slot.
+    pub conns: RefCell<Slab<Conn>>,
+    /// Local channel subscriptions.
+    pub registry: RefCell<Registry>,
+    /// Rings towards the other shards.
+    pub outbox: RefCell<Outbox>,
+    /// Connections with queued frames not yet handed to the kernel.
+    dirty: RefCell<Vec<ConnKey>>,
+    /// The read buffer, taken out while in use.
+    scratch: RefCell<Vec<u8>>,
+    /// Source of connection serials and socket ids.
+    next_serial: Cell<u64>,
+    /// Plain counters for this shard; merged across shards when scraped.
+    pub stats: Stats,
+}
+
+/// Shard-local counters (no atomics: only this thread writes them).
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub connections_opened: Cell<u64>,
+    pub connections_closed: Cell<u64>,
+    pub ws_messages_received: Cell<u64>,
+    pub ws_messages_sent: Cell<u64>,
+    pub slow_reader_disconnects: Cell<u64>,
+    pub fanout_dropped: Cell<u64>,
+    pub protocol_errors: Cell<u64>,
+    pub http_requests: Cell<u64>,
+}
+
+impl Stats {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &Cell<u64>, n: u64) {
+        counter.set(counter.get() + n);
+    }
+}
+
+/// Starts shard `id` on its own thread and returns its handle.
+pub fn spawn(
+    id: usize,
+    config: Arc<Config>,
+    apps: Arc<AppTable>,
+    links: (Outbox, Inbox),
+    node: u32,
+    ready: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("corecast-shard-{id}"))
+        .spawn(move || {
+            pin_to_core(id);
+            let (outbox, inbox) = links;
+            let shard = Rc::new(Shard {
+                id,
+                shards: config.shards,
+                node,
+                registry: RefCell::new(Registry::new(apps.len())),
+                config,
+                apps,
+                conns: RefCell::new(Slab::new()),
+                outbox: RefCell::new(outbox),
+                dirty: RefCell::new(Vec::new()),
+                scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
+                next_serial: Cell::new(0),
+                stats: Stats::default(),
+            });
+            run_runtime(id, move || serve(shard, inbox, ready));
+        })
+}
+
+/// Runs `make()` on io_uring, or on the legacy driver when the kernel refuses io_uring.
+fn run_runtime<F, Fut>(id: usize, make: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    const ENTRIES: u32 = 4096;
+    if monoio::utils::detect_uring() {
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(ENTRIES)
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => return rt.block_on(make()),
+            Err(e) => {
+                if id == 0 {
+                    eprintln!("corecast: io_uring refused ({e}); using the legacy epoll driver");
+                }
+            }
+        }
+    } else if id == 0 {
+        eprintln!("corecast: io_uring unavailable; using the legacy epoll driver");
+    }
+    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+    {
+        Ok(mut rt) => rt.block_on(make()),
+        Err(e) => eprintln!("corecast: shard {id} could not start a runtime: {e}"),
+    }
+}
+
+fn pin_to_core(id: usize) {
+    if let Some(cores) = core_affinity::get_core_ids()
+        && !cores.is_empty()
+    {
+        core_affinity::set_for_current(cores[id % cores.len()]);
+    }
+}
+
+/// The shard's main task: bind, then accept forever while the helpers run.
+async fn serve(
+    shard: Rc<Shard>,
+    inbox: Inbox,
+    ready: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
+) {
+    let addr = format!("{}:{}", shard.config.host, shard.config.port);
+    let opts = monoio::net::ListenerOpts::new()
+        .reuse_port(true)
+        .reuse_addr(true)
+        .backlog(4096);
+    let listener = match monoio::net::TcpListener::bind_with_config(&addr, &opts) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr}: {e}"),
+            )));
+            return;
+        }
+    };
+    let _ = ready.send(listener.local_addr());
+    monoio::spawn(publish::inbox_loop(Rc::clone(&shard), inbox));
+    monoio::spawn(sweep::sweep_loop(Rc::clone(&shard)));
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                monoio::spawn(driver::handle_connection(Rc::clone(&shard), stream));
+            }
+            Err(e) => {
+                // Out of fds or a transient error: back off briefly, never spin or die.
+                eprintln!("corecast: shard {} accept failed: {e}", shard.id);
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl Shard {
+    /// A new socket id, unique in this process.
+    fn next_socket_id(&self) -> (u64, SocketId) {
+        let serial = self.next_serial.get() + 1;
+        self.next_serial.set(serial);
+        let local = serial * self.shards as u64 + self.id as u64;
+        (
+            serial,
+            SocketId {
+                node: self.node,
+                local,
+            },
+        )
+    }
+
+    /// Takes the shared read buffer; give it back with `put_scratch` before any await.
+    fn take_scratch(&self) -> Vec<u8> {
+        let buf = std::mem::take(&mut *self.scratch.borrow_mut());
+        if buf.is_empty() {
+            vec![0; SCRATCH_BYTES]
+        } else {
+            buf
+        }
+    }
+
+    fn put_scratch(&self, buf: Vec<u8>) {
+        *self.scratch.borrow_mut() = buf;
+    }
+}
+
+/// Lets the other tasks of the shard run once before continuing.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}

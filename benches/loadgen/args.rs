@@ -1,0 +1,212 @@
+//! Command line options: `--name value` or `--name=value`, defaults per scenario.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What the run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// Publish through REST at a fixed rate, measure fan-out cost and latency.
+    Delivery,
+    /// Hold many idle subscribed connections, measure RSS growth.
+    Memory,
+    /// Open and subscribe connections in waves, measure CPU per connection.
+    Connect,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Delivery => "delivery",
+            Scenario::Memory => "memory",
+            Scenario::Connect => "connect",
+        }
+    }
+
+    /// Channel name prefix, so server logs tell the scenarios apart.
+    pub fn channel_prefix(self) -> &'static str {
+        match self {
+            Scenario::Delivery => "bench",
+            Scenario::Memory => "mem",
+            Scenario::Connect => "conn",
+        }
+    }
+}
+
+/// Every knob of a run, with units in the names.
+#[derive(Clone, Debug)]
+pub struct Args {
+    pub scenario: Scenario,
+    /// The server binary, started as `<bin> start`.
+    pub server_bin: PathBuf,
+    /// `SOKETI_PORT` for the spawned server.
+    pub port: u16,
+    /// `CORECAST_SHARDS` for the spawned server.
+    pub shards: usize,
+    pub connections: usize,
+    pub channels: usize,
+    /// Events per second over REST; 0 means as fast as the publishers go.
+    pub rate: u64,
+    /// Measured window.
+    pub duration: Duration,
+    /// Publishing before the measured window starts.
+    pub warmup: Duration,
+    /// Wait after the last publish before counting what is missing.
+    pub drain: Duration,
+    /// Idle time before the memory reading (memory scenario).
+    pub idle: Duration,
+    /// Length of the event's `data` string in bytes.
+    pub payload_bytes: usize,
+    /// Connections opened concurrently per wave (all client threads together).
+    pub batch: usize,
+    /// Whole-scenario repetitions, each with a fresh server.
+    pub runs: usize,
+    pub client_threads: usize,
+    /// Keep-alive REST connections, each with one request in flight.
+    pub publishers: usize,
+    pub app_id: String,
+    pub app_key: String,
+    pub app_secret: String,
+    /// Where the server's stdout and stderr go, one file per run.
+    pub log_dir: PathBuf,
+}
+
+pub const USAGE: &str = "\
+usage: cargo bench --bench loadgen -- [options]
+  --scenario delivery|memory|connect   (default delivery)
+  --server-bin PATH      (default target/release/corecast)
+  --port N               (default 6101)
+  --shards N             (default 2)
+  --connections N        (delivery 2000, memory 19000, connect 5000)
+  --channels N           (delivery 20, memory 100, connect 20)
+  --rate N               events/s over REST, 0 = flat out (default 500)
+  --duration SECS        measured window (default 20)
+  --warmup SECS          (default 3)
+  --drain SECS           (default 2)
+  --idle SECS            memory scenario idle time (default 5)
+  --payload BYTES        data string length (default 100)
+  --batch N              connections per wave (default 500)
+  --runs K               repetitions, median reported (default 1)
+  --client-threads N     (default 1)
+  --publishers N         keep-alive REST connections (default 4)
+  --app-id S --app-key S --app-secret S   (default app-id, app-key, app-secret)
+  --log-dir PATH         server logs (default target/loadgen)";
+
+impl Args {
+    /// Parses the process arguments; `cargo bench` adds `--bench`, which is ignored.
+    pub fn parse(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        let mut it = raw.into_iter();
+        while let Some(arg) = it.next() {
+            if arg == "--bench" {
+                continue;
+            }
+            if arg == "--help" || arg == "-h" {
+                return Err(String::new());
+            }
+            let Some(name) = arg.strip_prefix("--") else {
+                return Err(format!("unexpected argument {arg:?}"));
+            };
+            match name.split_once('=') {
+                Some((n, v)) => pairs.push((n.to_string(), v.to_string())),
+                None => {
+                    let v = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
+                    pairs.push((name.to_string(), v));
+                }
+            }
+        }
+        let scenario = match pairs.iter().rev().find(|(n, _)| n == "scenario") {
+            None => Scenario::Delivery,
+            Some((_, v)) => match v.as_str() {
+                "delivery" => Scenario::Delivery,
+                "memory" => Scenario::Memory,
+                "connect" => Scenario::Connect,
+                other => return Err(format!("unknown scenario {other:?}")),
+            },
+        };
+        let (connections, channels) = match scenario {
+            Scenario::Delivery => (2000, 20),
+            Scenario::Memory => (19_000, 100),
+            Scenario::Connect => (5000, 20),
+        };
+        let mut a = Args {
+            scenario,
+            server_bin: PathBuf::from("target/release/corecast"),
+            port: 6101,
+            shards: 2,
+            connections,
+            channels,
+            rate: 500,
+            duration: Duration::from_secs(20),
+            warmup: Duration::from_secs(3),
+            drain: Duration::from_secs(2),
+            idle: Duration::from_secs(5),
+            payload_bytes: 100,
+            batch: 500,
+            runs: 1,
+            client_threads: 1,
+            publishers: 4,
+            app_id: "app-id".into(),
+            app_key: "app-key".into(),
+            app_secret: "app-secret".into(),
+            log_dir: PathBuf::from("target/loadgen"),
+        };
+        for (name, v) in pairs {
+            match name.as_str() {
+                "scenario" => {}
+                "server-bin" => a.server_bin = PathBuf::from(v),
+                "port" => a.port = num(&name, &v)?,
+                "shards" => a.shards = num(&name, &v)?,
+                "connections" => a.connections = num(&name, &v)?,
+                "channels" => a.channels = num(&name, &v)?,
+                "rate" => a.rate = num(&name, &v)?,
+                "duration" => a.duration = secs(&name, &v)?,
+                "warmup" => a.warmup = secs(&name, &v)?,
+                "drain" => a.drain = secs(&name, &v)?,
+                "idle" => a.idle = secs(&name, &v)?,
+                "payload" => a.payload_bytes = num(&name, &v)?,
+                "batch" => a.batch = num(&name, &v)?,
+                "runs" => a.runs = num(&name, &v)?,
+                "client-threads" => a.client_threads = num(&name, &v)?,
+                "publishers" => a.publishers = num(&name, &v)?,
+                "app-id" => a.app_id = v,
+                "app-key" => a.app_key = v,
+                "app-secret" => a.app_secret = v,
+                "log-dir" => a.log_dir = PathBuf::from(v),
+                _ => return Err(format!("unknown option --{name}")),
+            }
+        }
+        let positive = [
+            ("shards", a.shards),
+            ("connections", a.connections),
+            ("channels", a.channels),
+            ("batch", a.batch),
+            ("runs", a.runs),
+            ("client-threads", a.client_threads),
+            ("publishers", a.publishers),
+        ];
+        if let Some((n, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("--{n} must be at least 1"));
+        }
+        if a.duration.is_zero() {
+            return Err("--duration must be positive".into());
+        }
+        if a.payload_bytes > 60_000 {
+            return Err("--payload is limited to 60000 bytes".into());
+        }
+        Ok(a)
+    }
+}
+
+fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
+    v.parse()
+        .map_err(|_| format!("--{name}: not a number: {v:?}"))
+}
+
+fn secs(name: &str, v: &str) -> Result<Duration, String> {
+    let s: f64 = num(name, v)?;
+    if !(0.0..=3600.0).contains(&s) {
+        return Err(format!("--{name}: {s} s is out of range 0..3600"));
+    }
+    Ok(Duration::from_secs_f64(s))
+}

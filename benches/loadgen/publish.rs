@@ -1,0 +1,305 @@
+//! The REST publisher: a few keep-alive HTTP/1.1 connections, one request in
+//! flight on each, signed the way the official Pusher libraries sign.
+//!
+//! Channel `c` always goes through connection `c % publishers`, so the events of a
+//! channel reach the server in sequence order and any reordering is the server's.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use hmac::{Hmac, KeyInit, Mac};
+use md5::{Digest, Md5};
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::clients::Shared;
+use crate::ws::find;
+
+/// One request and its response.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause after a failed connect before the next attempt.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+
+/// What to publish.
+pub struct PubPlan {
+    pub addr: SocketAddr,
+    pub app_id: String,
+    pub app_key: String,
+    pub app_secret: String,
+    pub prefix: &'static str,
+    pub channels: usize,
+    /// Events per second, all channels together; 0 = flat out.
+    pub rate: u64,
+    pub payload_bytes: usize,
+    pub publishers: usize,
+    /// Publishing window, nanoseconds since `Shared::base`.
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// What the server accepted, per channel, and what went wrong.
+pub struct PubReport {
+    /// Events answered 200, per channel index.
+    pub ok: Vec<u64>,
+    pub errors: u64,
+    /// Error description -> count.
+    pub error_kinds: BTreeMap<String, u64>,
+    /// Request-to-response time in microseconds.
+    pub rest_hist: Histogram<u64>,
+    pub connects: u64,
+}
+
+impl PubReport {
+    fn new(channels: usize) -> PubReport {
+        PubReport {
+            ok: vec![0; channels],
+            errors: 0,
+            error_kinds: BTreeMap::new(),
+            rest_hist: Histogram::new_with_bounds(1, 600_000_000, 3)
+                .expect("valid histogram bounds"),
+            connects: 0,
+        }
+    }
+
+    fn error(&mut self, kind: String) {
+        self.errors += 1;
+        *self.error_kinds.entry(kind).or_insert(0) += 1;
+    }
+
+    fn merge(&mut self, other: PubReport) {
+        for (a, b) in self.ok.iter_mut().zip(other.ok) {
+            *a += b;
+        }
+        self.errors += other.errors;
+        for (k, v) in other.error_kinds {
+            *self.error_kinds.entry(k).or_insert(0) += v;
+        }
+        let _ = self.rest_hist.add(&other.rest_hist);
+        self.connects += other.connects;
+    }
+}
+
+/// Runs the publishers on their own thread; the report arrives on the channel.
+pub fn spawn(plan: PubPlan, shared: Arc<Shared>) -> mpsc::Receiver<PubReport> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("loadgen-publish".into())
+        .spawn(move || {
+            let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .enable_timer()
+                .build();
+            let mut rt = match rt {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("loadgen: publisher runtime: {e}");
+                    return;
+                }
+            };
+            let plan = Arc::new(plan);
+            let report = rt.block_on(async move {
+                let handles: Vec<_> = (0..plan.publishers.min(plan.channels))
+                    .map(|p| monoio::spawn(publisher(p, plan.clone(), shared.clone())))
+                    .collect();
+                let mut total = PubReport::new(plan.channels);
+                for h in handles {
+                    total.merge(h.await);
+                }
+                total
+            });
+            let _ = tx.send(report);
+        })
+        .expect("spawning the publisher thread");
+    rx
+}
+
+/// `auth_*` query string with its signature, for one body.
+pub fn signed_query(plan: &PubPlan, body: &[u8], unix_s: u64) -> String {
+    let body_md5 = hex::encode(Md5::digest(body));
+    let query = format!(
+        "auth_key={}&auth_timestamp={unix_s}&auth_version=1.0&body_md5={body_md5}",
+        plan.app_key
+    );
+    let to_sign = format!("POST\n/apps/{}/events\n{query}", plan.app_id);
+    // HMAC accepts keys of any length.
+    let mut mac =
+        Hmac::<sha2::Sha256>::new_from_slice(plan.app_secret.as_bytes()).expect("any key");
+    mac.update(to_sign.as_bytes());
+    format!(
+        "{query}&auth_signature={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
+}
+
+/// The event body; `data` is `s=SEQ;t=NANOS;pad=xxx` padded to `payload_bytes`.
+pub fn event_body(plan: &PubPlan, channel: usize, seq: u64, t_ns: u64) -> Vec<u8> {
+    let mut data = format!("s={seq};t={t_ns};pad=");
+    if data.len() < plan.payload_bytes {
+        let pad = plan.payload_bytes - data.len();
+        data.extend(std::iter::repeat_n('x', pad));
+    }
+    format!(
+        r#"{{"name":"bench","channel":"{}-{channel}","data":"{data}"}}"#,
+        plan.prefix
+    )
+    .into_bytes()
+}
+
+async fn publisher(p: usize, plan: Arc<PubPlan>, shared: Arc<Shared>) -> PubReport {
+    let mut report = PubReport::new(plan.channels);
+    let mine: Vec<usize> = (0..plan.channels)
+        .filter(|c| c % plan.publishers == p)
+        .collect();
+    let mut stream: Option<TcpStream> = None;
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let step_ns = if plan.rate > 0 {
+        1e9 / plan.rate as f64
+    } else {
+        0.0
+    };
+    'rounds: for seq in 0u64.. {
+        for &c in &mine {
+            if plan.rate > 0 {
+                let k = seq * plan.channels as u64 + c as u64;
+                let target = plan.start_ns + (k as f64 * step_ns) as u64;
+                if target >= plan.end_ns {
+                    break 'rounds;
+                }
+                let now = shared.now_ns();
+                if target > now {
+                    monoio::time::sleep(Duration::from_nanos(target - now)).await;
+                }
+            } else if shared.now_ns() >= plan.end_ns {
+                break 'rounds;
+            }
+            let s = match stream.take() {
+                Some(s) => s,
+                None => match TcpStream::connect(plan.addr).await {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(true);
+                        report.connects += 1;
+                        s
+                    }
+                    Err(e) => {
+                        report.error(format!("connect: {e}"));
+                        monoio::time::sleep(RECONNECT_PAUSE).await;
+                        continue;
+                    }
+                },
+            };
+            let t_ns = shared.now_ns();
+            let body = event_body(&plan, c, seq, t_ns);
+            let unix_s = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let query = signed_query(&plan, &body, unix_s);
+            let mut req = format!(
+                "POST /apps/{}/events?{query} HTTP/1.1\r\nHost: {}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                plan.app_id,
+                plan.addr,
+                body.len()
+            )
+            .into_bytes();
+            req.extend_from_slice(&body);
+            let exchange = monoio::time::timeout(REQUEST_TIMEOUT, request(s, req, &mut buf)).await;
+            let elapsed_us = (shared.now_ns().saturating_sub(t_ns) / 1000).max(1);
+            match exchange {
+                Err(_) => report.error(format!("no response within {REQUEST_TIMEOUT:?}")),
+                Ok(Err(e)) => report.error(e),
+                Ok(Ok((s, status, body, keep))) => {
+                    report.rest_hist.saturating_record(elapsed_us);
+                    if status == 200 {
+                        report.ok[c] += 1;
+                    } else {
+                        let body = String::from_utf8_lossy(&body[..body.len().min(160)]);
+                        report.error(format!("HTTP {status}: {body}"));
+                    }
+                    if keep {
+                        stream = Some(s);
+                    }
+                }
+            }
+        }
+    }
+    report
+}
+
+/// Writes one request and reads one response: (stream, status, body, keep-alive).
+async fn request(
+    mut s: TcpStream,
+    req: Vec<u8>,
+    buf: &mut Vec<u8>,
+) -> Result<(TcpStream, u16, Vec<u8>, bool), String> {
+    let (res, _) = s.write_all(req).await;
+    res.map_err(|e| format!("write: {e}"))?;
+    buf.clear();
+    let head_end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 64 * 1024 {
+            return Err("response head over 64 KiB".into());
+        }
+        fill(&mut s, buf).await?;
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status: u16 = head
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line: {:?}", head.lines().next().unwrap_or("")))?;
+    let mut content_length = None;
+    let mut keep = true;
+    for line in head.lines().skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let (name, value) = (
+            name.trim().to_ascii_lowercase(),
+            value.trim().to_ascii_lowercase(),
+        );
+        match name.as_str() {
+            "content-length" => content_length = value.parse::<usize>().ok(),
+            "connection" if value == "close" => keep = false,
+            "transfer-encoding" if value.contains("chunked") => {
+                return Err("chunked response bodies are not supported".into());
+            }
+            _ => {}
+        }
+    }
+    let Some(len) = content_length else {
+        return Err(format!("HTTP {status} without Content-Length"));
+    };
+    if len > 16 * 1024 * 1024 {
+        return Err(format!("Content-Length {len} is absurd"));
+    }
+    while buf.len() < head_end + len {
+        fill(&mut s, buf).await?;
+    }
+    let body = buf[head_end..head_end + len].to_vec();
+    if buf.len() > head_end + len {
+        return Err("bytes after the response body".into());
+    }
+    Ok((s, status, body, keep))
+}
+
+/// Appends at least one byte read from `s` to `buf`; EOF is an error here.
+async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(4096);
+    }
+    let v = std::mem::take(buf);
+    let (len, cap) = (v.len(), v.capacity());
+    let (res, slice) = s.read(v.slice_mut(len..cap)).await;
+    *buf = slice.into_inner();
+    match res {
+        Ok(0) => Err("server closed the REST connection".into()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("read: {e}")),
+    }
+}

@@ -1,0 +1,414 @@
+//! The three scenarios. Each runs against a ready server and returns its figures.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::args::{Args, Scenario};
+use crate::clients::{self, End, Msg, OPEN_TIMEOUT, Plan, Shared, ThreadReport};
+use crate::publish::{self, PubPlan};
+use crate::server::{Sample, Server, self_cpu_s};
+
+/// How long the client threads get to report after `stop`.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Figures of one run, in print order, plus what looked wrong.
+#[derive(Default)]
+pub struct RunResult {
+    pub figures: Vec<(&'static str, f64)>,
+    /// Server misbehaviour and client-side trouble, in words.
+    pub notes: Vec<String>,
+}
+
+impl RunResult {
+    fn put(&mut self, name: &'static str, v: f64) {
+        self.figures.push((name, v));
+    }
+}
+
+pub fn run(args: &Args, server: &mut Server) -> Result<RunResult, String> {
+    match args.scenario {
+        Scenario::Delivery => delivery(args, server),
+        Scenario::Memory => memory(args, server),
+        Scenario::Connect => connect(args, server),
+    }
+}
+
+fn plan(args: &Args, read: bool) -> Plan {
+    Plan {
+        addr: SocketAddr::from(([127, 0, 0, 1], args.port)),
+        path: format!("/app/{}?protocol=7&client=loadgen&version=1", args.app_key),
+        prefix: args.scenario.channel_prefix(),
+        channels: args.channels,
+        connections: args.connections,
+        threads: args.client_threads,
+        batch: args.batch,
+        read,
+    }
+}
+
+/// Client threads after their connect phase.
+struct Clients {
+    rx: Receiver<Msg>,
+    threads: usize,
+    opened: usize,
+    failed: usize,
+    elapsed: Duration,
+}
+
+/// Opens and subscribes every connection; returns when all threads are done with it.
+fn connect_all(args: &Args, shared: &Arc<Shared>, read: bool) -> Result<Clients, String> {
+    let waves = args.connections.div_ceil(args.batch) as u32;
+    let deadline = Instant::now() + OPEN_TIMEOUT * (waves + 1) + Duration::from_secs(10);
+    let t0 = Instant::now();
+    let rx = clients::spawn(Arc::new(plan(args, read)), shared.clone());
+    let (mut opened, mut failed, mut reported) = (0, 0, 0);
+    let mut last_print = Instant::now();
+    while reported < args.client_threads {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(Msg::Connected {
+                opened: o,
+                failed: f,
+            }) => {
+                opened += o;
+                failed += f;
+                reported += 1;
+            }
+            Ok(Msg::Done(_)) => return Err("a client thread ended during connect".into()),
+            Err(RecvTimeoutError::Disconnected) => return Err("client threads died".into()),
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        if Instant::now() > deadline {
+            shared.stop.store(true, Ordering::Relaxed);
+            return Err(format!(
+                "connect phase still running after {:?}: {} opened, {} failed",
+                t0.elapsed(),
+                shared.opened.load(Ordering::Relaxed),
+                shared.failed.load(Ordering::Relaxed)
+            ));
+        }
+        if last_print.elapsed() > Duration::from_secs(3) {
+            last_print = Instant::now();
+            eprintln!(
+                "  connecting: {} subscribed, {} failed of {}",
+                shared.opened.load(Ordering::Relaxed),
+                shared.failed.load(Ordering::Relaxed),
+                args.connections
+            );
+        }
+    }
+    let elapsed = t0.elapsed();
+    eprintln!(
+        "  {opened} subscribed, {failed} failed in {:.2} s",
+        elapsed.as_secs_f64()
+    );
+    Ok(Clients {
+        rx,
+        threads: args.client_threads,
+        opened,
+        failed,
+        elapsed,
+    })
+}
+
+impl Clients {
+    /// Stops the threads (they close their sockets) and collects their reports.
+    fn finish(&self, shared: &Shared, notes: &mut Vec<String>) -> Vec<ThreadReport> {
+        shared.stop.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + FINISH_TIMEOUT;
+        let mut reports = Vec::new();
+        while reports.len() < self.threads {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(Msg::Done(r)) => reports.push(*r),
+                Ok(Msg::Connected { .. }) => {}
+                Err(_) => {
+                    notes.push(format!(
+                        "{} client thread(s) did not report within {FINISH_TIMEOUT:?}",
+                        self.threads - reports.len()
+                    ));
+                    break;
+                }
+            }
+        }
+        for r in &reports {
+            for (stage, (n, sample)) in &r.open_errors {
+                notes.push(format!(
+                    "{n} connection(s) failed at {stage}, e.g. {sample}"
+                ));
+            }
+            if r.held_closed > 0 {
+                notes.push(format!(
+                    "{} held connection(s) were closed by the server",
+                    r.held_closed
+                ));
+            }
+            if r.held_unread > 0 {
+                notes.push(format!(
+                    "{} held connection(s) had unread bytes from the server",
+                    r.held_unread
+                ));
+            }
+            if r.stuck > 0 {
+                notes.push(format!(
+                    "{} read task(s) did not stop when cancelled",
+                    r.stuck
+                ));
+            }
+        }
+        reports
+    }
+}
+
+fn sleep_until(t: Instant) {
+    std::thread::sleep(t.saturating_duration_since(Instant::now()));
+}
+
+fn server_gone(server: &mut Server) -> Result<(), String> {
+    match server.exited() {
+        None => Ok(()),
+        Some(status) => Err(format!(
+            "server exited during the run ({status}); log {}:\n{}",
+            server.log.display(),
+            server.log_tail(30)
+        )),
+    }
+}
+
+fn delivery(args: &Args, server: &mut Server) -> Result<RunResult, String> {
+    let mut r = RunResult::default();
+    let idle = server.sample()?;
+    let shared = Arc::new(Shared::new());
+    let clients = connect_all(args, &shared, true)?;
+    server_gone(server)?;
+    let subscribed = server.sample()?;
+    if clients.opened == 0 {
+        return Err("no connection subscribed".into());
+    }
+
+    let ns = |d: Duration| d.as_nanos() as u64;
+    let start_ns = shared.now_ns() + ns(Duration::from_millis(100));
+    let win_start_ns = start_ns + ns(args.warmup);
+    let win_end_ns = win_start_ns + ns(args.duration);
+    shared.win_start_ns.store(win_start_ns, Ordering::Relaxed);
+    shared.win_end_ns.store(win_end_ns, Ordering::Relaxed);
+    let pub_rx = publish::spawn(
+        PubPlan {
+            addr: SocketAddr::from(([127, 0, 0, 1], args.port)),
+            app_id: args.app_id.clone(),
+            app_key: args.app_key.clone(),
+            app_secret: args.app_secret.clone(),
+            prefix: args.scenario.channel_prefix(),
+            channels: args.channels,
+            rate: args.rate,
+            payload_bytes: args.payload_bytes,
+            publishers: args.publishers,
+            start_ns,
+            end_ns: win_end_ns,
+        },
+        shared.clone(),
+    );
+    eprintln!(
+        "  publishing {} for {:.1} s warmup + {:.1} s measured",
+        if args.rate == 0 {
+            "flat out".to_string()
+        } else {
+            format!("{} events/s", args.rate)
+        },
+        args.warmup.as_secs_f64(),
+        args.duration.as_secs_f64()
+    );
+    sleep_until(shared.base + Duration::from_nanos(win_start_ns));
+    let (a, self_a) = (server.sample()?, self_cpu_s());
+    sleep_until(shared.base + Duration::from_nanos(win_end_ns));
+    let (b, self_b) = (server.sample()?, self_cpu_s());
+    let publishing = pub_rx.recv_timeout(Duration::from_secs(20));
+    std::thread::sleep(args.drain);
+    let crashed = server_gone(server);
+    let reports = clients.finish(&shared, &mut r.notes);
+    crashed?;
+    let publishing = publishing.map_err(|_| "the publisher did not finish".to_string())?;
+
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+    let (mut window, mut total, mut pings, mut other) = (0u64, 0u64, 0u64, 0u64);
+    let (mut lost, mut extra, mut dups, mut reordered, mut bogus, mut expected) =
+        (0, 0, 0, 0, 0, 0);
+    let mut ends: BTreeMap<String, usize> = BTreeMap::new();
+    let mut receivers = 0usize;
+    for t in &reports {
+        let _ = hist.add(&t.recv.hist);
+        window += t.recv.window;
+        total += t.recv.total;
+        pings += t.recv.pings;
+        other += t.recv.other;
+        for s in &t.recv.other_samples {
+            r.notes.push(format!("unexpected message: {s}"));
+        }
+        for c in &t.conns {
+            receivers += 1;
+            let published = publishing.ok[c.channel];
+            expected += published;
+            lost += published.saturating_sub(c.distinct);
+            extra += c.distinct.saturating_sub(published);
+            dups += c.dups;
+            reordered += c.reordered;
+            bogus += c.bogus;
+            let end = match &c.end {
+                End::Stopped => continue,
+                End::Eof => "server closed TCP (EOF)".to_string(),
+                End::Close(code) => format!("server sent close {code}"),
+                End::ReadError(e) => format!("read error: {e}"),
+            };
+            *ends.entry(end).or_insert(0) += 1;
+        }
+    }
+    for (end, n) in &ends {
+        r.notes
+            .push(format!("{n} connection(s) ended early: {end}"));
+    }
+    if lost > 0 {
+        r.notes
+            .push(format!("{lost} deliveries lost (of {expected} expected)"));
+    }
+    if reordered > 0 || dups > 0 || extra > 0 || bogus > 0 {
+        r.notes.push(format!(
+            "{reordered} reordered, {dups} duplicated, {extra} unexpected extra, {bogus} unparsable"
+        ));
+    }
+    if publishing.errors > 0 {
+        for (kind, n) in &publishing.error_kinds {
+            r.notes.push(format!("{n} publish error(s): {kind}"));
+        }
+    }
+    if receivers < clients.opened {
+        r.notes.push(format!(
+            "{} receivers did not report",
+            clients.opened - receivers
+        ));
+    }
+    let secs = args.duration.as_secs_f64();
+    let server_cpu = b.cpu_s - a.cpu_s;
+    let published: u64 = publishing.ok.iter().sum();
+    r.put("connections", clients.opened as f64);
+    r.put("connections_failed", clients.failed as f64);
+    r.put("connect_s", clients.elapsed.as_secs_f64());
+    r.put("events_published", published as f64);
+    r.put(
+        "publish_rate_per_s",
+        published as f64 / (args.warmup.as_secs_f64() + secs).max(1e-9),
+    );
+    r.put("publish_errors", publishing.errors as f64);
+    r.put(
+        "rest_p50_us",
+        publishing.rest_hist.value_at_quantile(0.5) as f64,
+    );
+    r.put(
+        "rest_p99_us",
+        publishing.rest_hist.value_at_quantile(0.99) as f64,
+    );
+    r.put("deliveries", window as f64);
+    r.put("deliveries_per_s", window as f64 / secs);
+    r.put("deliveries_total", total as f64);
+    r.put("deliveries_expected", expected as f64);
+    r.put("latency_p50_us", hist.value_at_quantile(0.5) as f64);
+    r.put("latency_p99_us", hist.value_at_quantile(0.99) as f64);
+    r.put("latency_p999_us", hist.value_at_quantile(0.999) as f64);
+    r.put("latency_max_us", hist.max() as f64);
+    r.put("lost", lost as f64);
+    r.put("reordered", reordered as f64);
+    r.put("duplicated", dups as f64);
+    r.put(
+        "connections_closed_early",
+        ends.values().sum::<usize>() as f64,
+    );
+    r.put("server_pings", pings as f64);
+    r.put("other_messages", other as f64);
+    r.put("server_cpu_s", server_cpu);
+    r.put("server_cpu_pct", server_cpu / secs * 100.0);
+    r.put("server_cpu_us_per_delivery", per(server_cpu * 1e6, window));
+    r.put("server_rss_idle_bytes", idle.rss_bytes as f64);
+    r.put("server_rss_subscribed_bytes", subscribed.rss_bytes as f64);
+    r.put("server_rss_bytes", b.rss_bytes as f64);
+    r.put("loadgen_cpu_s", self_b - self_a);
+    r.put("loadgen_cpu_pct", (self_b - self_a) / secs * 100.0);
+    Ok(r)
+}
+
+fn memory(args: &Args, server: &mut Server) -> Result<RunResult, String> {
+    let mut r = RunResult::default();
+    let before = server.sample()?;
+    let shared = Arc::new(Shared::new());
+    let clients = connect_all(args, &shared, false)?;
+    let connected = server.sample()?;
+    eprintln!("  idle for {:.1} s", args.idle.as_secs_f64());
+    std::thread::sleep(args.idle);
+    server_gone(server)?;
+    let after = server.sample()?;
+    let (opened, failed, elapsed) = (clients.opened, clients.failed, clients.elapsed);
+    let reports = clients.finish(&shared, &mut r.notes);
+    let growth = after.rss_bytes as f64 - before.rss_bytes as f64;
+    r.put("connections", opened as f64);
+    r.put("connections_failed", failed as f64);
+    r.put("connect_s", elapsed.as_secs_f64());
+    r.put("server_rss_before_bytes", before.rss_bytes as f64);
+    r.put("server_rss_connected_bytes", connected.rss_bytes as f64);
+    r.put("server_rss_after_bytes", after.rss_bytes as f64);
+    r.put(
+        "server_rss_per_connection_bytes",
+        per(growth, opened as u64),
+    );
+    r.put("server_cpu_connect_s", connected.cpu_s - before.cpu_s);
+    r.put("server_cpu_idle_s", after.cpu_s - connected.cpu_s);
+    r.put("connections_closed_by_server", held_closed(&reports));
+    Ok(r)
+}
+
+fn connect(args: &Args, server: &mut Server) -> Result<RunResult, String> {
+    let mut r = RunResult::default();
+    let shared = Arc::new(Shared::new());
+    let (before, self_a): (Sample, f64) = (server.sample()?, self_cpu_s());
+    let clients = connect_all(args, &shared, false)?;
+    let (after, self_b) = (server.sample()?, self_cpu_s());
+    server_gone(server)?;
+    let (opened, failed, elapsed) = (clients.opened, clients.failed, clients.elapsed);
+    let reports = clients.finish(&shared, &mut r.notes);
+    let cpu = after.cpu_s - before.cpu_s;
+    r.put("connections", opened as f64);
+    r.put("connections_failed", failed as f64);
+    r.put("connect_s", elapsed.as_secs_f64());
+    r.put(
+        "connections_per_s",
+        opened as f64 / elapsed.as_secs_f64().max(1e-9),
+    );
+    r.put("server_cpu_s", cpu);
+    r.put(
+        "server_cpu_us_per_connection",
+        per(cpu * 1e6, opened as u64),
+    );
+    r.put("server_rss_before_bytes", before.rss_bytes as f64);
+    r.put("server_rss_after_bytes", after.rss_bytes as f64);
+    r.put(
+        "server_rss_per_connection_bytes",
+        per(
+            after.rss_bytes as f64 - before.rss_bytes as f64,
+            opened as u64,
+        ),
+    );
+    r.put("connections_closed_by_server", held_closed(&reports));
+    r.put("loadgen_cpu_s", self_b - self_a);
+    Ok(r)
+}
+
+fn held_closed(reports: &[ThreadReport]) -> f64 {
+    reports.iter().map(|t| t.held_closed).sum::<usize>() as f64
+}
+
+/// `total / n`, or 0 when nothing was counted.
+fn per(total: f64, n: u64) -> f64 {
+    if n == 0 { 0.0 } else { total / n as f64 }
+}

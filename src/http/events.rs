@@ -1,0 +1,173 @@
+//! `POST /apps/{id}/events` and `POST /apps/{id}/batch_events`: validate the whole
+//! request first, then encode each event once per channel and publish it.
+
+use std::rc::Rc;
+
+use simd_json::BorrowedValue;
+use simd_json::prelude::*;
+
+use super::{Response, error};
+use crate::app::AppIdx;
+use crate::config::AppConfig;
+use crate::protocol::{Data, EventFrame, SocketId, event_frame, validate_channel_name};
+use crate::shard::Shard;
+
+/// One event, checked and ready to publish.
+struct Checked<'a> {
+    name: &'a str,
+    data: DataText<'a>,
+    channels: Vec<&'a str>,
+    except: Option<SocketId>,
+}
+
+/// The event's data: a string as the libraries send it, or any other JSON value as text.
+enum DataText<'a> {
+    Str(&'a str),
+    Json(String),
+}
+
+/// `POST /apps/{id}/events`.
+pub fn trigger(shard: &Rc<Shard>, app_idx: AppIdx, body: &mut [u8]) -> Response {
+    let app = shard.apps.get(app_idx);
+    let Ok(value) = simd_json::to_borrowed_value(body) else {
+        return error(400, "The request body is not valid JSON.");
+    };
+    match check_event(app, &value, true) {
+        Ok(event) => {
+            publish(shard, app_idx, &event);
+            Response::json(200, "{}")
+        }
+        Err(resp) => resp,
+    }
+}
+
+/// `POST /apps/{id}/batch_events`.
+pub fn trigger_batch(shard: &Rc<Shard>, app_idx: AppIdx, body: &mut [u8]) -> Response {
+    let app = shard.apps.get(app_idx);
+    let Ok(value) = simd_json::to_borrowed_value(body) else {
+        return error(400, "The request body is not valid JSON.");
+    };
+    let Some(batch) = value.get_array("batch") else {
+        return error(400, "The body must have a batch array.");
+    };
+    if batch.len() > app.max_event_batch_size {
+        let msg = format!(
+            "Cannot batch-send more than {} events at once.",
+            app.max_event_batch_size
+        );
+        return error(400, &msg);
+    }
+    let mut events = Vec::with_capacity(batch.len());
+    for item in batch {
+        match check_event(app, item, false) {
+            Ok(e) => events.push(e),
+            Err(resp) => return resp,
+        }
+    }
+    for event in &events {
+        publish(shard, app_idx, event);
+    }
+    Response::json(200, "{}")
+}
+
+fn publish(shard: &Rc<Shard>, app_idx: AppIdx, event: &Checked<'_>) {
+    let data = match &event.data {
+        DataText::Str(s) => Data::Str(s),
+        DataText::Json(j) => Data::Json(j),
+    };
+    for channel in &event.channels {
+        let frame = event_frame(&EventFrame {
+            event: event.name,
+            channel: Some(channel),
+            data,
+        });
+        shard.publish(app_idx, channel, &frame, event.except);
+    }
+}
+
+/// Validates one event object against the app's limits. `multi`: whether `channels`
+/// (an array) is allowed, as on `/events`; batch items name one `channel`.
+fn check_event<'a>(
+    app: &AppConfig,
+    value: &'a BorrowedValue<'a>,
+    multi: bool,
+) -> Result<Checked<'a>, Response> {
+    if !value.is_object() {
+        return Err(error(400, "Each event must be a JSON object."));
+    }
+    let name = value
+        .get_str("name")
+        .ok_or_else(|| error(400, "The event has no name."))?;
+    if name.is_empty() || name.len() > app.max_event_name_length {
+        let msg = format!(
+            "The event name must be 1 to {} characters.",
+            app.max_event_name_length
+        );
+        return Err(error(400, &msg));
+    }
+    let mut channels = Vec::new();
+    if let Some(list) = value.get("channels").filter(|_| multi) {
+        let list = list
+            .as_array()
+            .ok_or_else(|| error(400, "channels must be an array."))?;
+        for c in list {
+            channels.push(
+                c.as_str()
+                    .ok_or_else(|| error(400, "Channel names must be strings."))?,
+            );
+        }
+    } else if let Some(c) = value.get("channel") {
+        channels.push(
+            c.as_str()
+                .ok_or_else(|| error(400, "The channel name must be a string."))?,
+        );
+    }
+    if channels.is_empty() {
+        return Err(error(400, "The event names no channel."));
+    }
+    if channels.len() > app.max_event_channels_at_once {
+        let msg = format!(
+            "Cannot send to more than {} channels at once.",
+            app.max_event_channels_at_once
+        );
+        return Err(error(400, &msg));
+    }
+    for c in &channels {
+        if let Err(e) = validate_channel_name(c, app.max_channel_name_length) {
+            return Err(error(400, &format!("Invalid channel {c:?}: {e}")));
+        }
+    }
+    let data = match value.get("data") {
+        None => DataText::Str(""),
+        Some(d) => match d.as_str() {
+            Some(s) => DataText::Str(s),
+            None => DataText::Json(d.encode()),
+        },
+    };
+    let size = match &data {
+        DataText::Str(s) => s.len(),
+        DataText::Json(j) => j.len(),
+    };
+    if size as f64 > app.max_event_payload_in_kb * 1024.0 {
+        let msg = format!(
+            "The event data is larger than {} KB.",
+            app.max_event_payload_in_kb
+        );
+        return Err(error(413, &msg));
+    }
+    let except = match value.get("socket_id") {
+        None => None,
+        Some(s) if s.is_null() => None,
+        Some(s) => Some(
+            s.as_str()
+                .and_then(|s| SocketId::parse(s).ok())
+                .ok_or_else(|| error(400, "Invalid socket_id."))?,
+        ),
+    };
+    Ok(Checked {
+        name,
+        data,
+        channels,
+        except,
+    })
+}

@@ -1,0 +1,255 @@
+//! One connection's shard-side state and its bounded outbound queue.
+//!
+//! Frames are queued as shared `Bytes` (a refcount, not a copy) and written with one
+//! `sendmsg` carrying every queued frame, straight from the shard thread without
+//! waiting: a delivery costs a queue push, and a batch of deliveries one syscall.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use monoio::net::TcpStream;
+
+use crate::app::AppIdx;
+use crate::protocol::SocketId;
+
+/// How many frames one `sendmsg` carries at most.
+const MAX_IOVECS: usize = 64;
+
+/// A WebSocket connection owned by a shard.
+pub struct Conn {
+    /// Unique on this shard for its lifetime; tells a reused slab slot from the old one.
+    pub serial: u64,
+    /// The Pusher socket id given in `connection_established`.
+    pub socket_id: SocketId,
+    /// The app the connection belongs to.
+    pub app: AppIdx,
+    /// Shared with the reader task and, while the socket is full, a writer task.
+    pub stream: Rc<TcpStream>,
+    /// Frames waiting for the socket.
+    pub out: Outbound,
+    /// Already in the shard's list of connections to flush.
+    pub dirty: bool,
+    /// A writer task is waiting for the socket to drain.
+    pub writer_active: bool,
+    /// When the server began closing this connection; new deliveries are skipped.
+    pub closing: Option<Instant>,
+    /// Last time anything arrived from the client.
+    pub last_seen: Instant,
+    /// When we sent `pusher:ping` without an answer yet.
+    pub ping_sent: Option<Instant>,
+    /// Channels this connection is subscribed to, to leave them on disconnect.
+    pub channels: Vec<Arc<str>>,
+}
+
+/// What a flush achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// The queue is empty.
+    Done,
+    /// The socket buffer is full; wait for it to become writable.
+    Blocked,
+    /// The socket is gone.
+    Failed,
+}
+
+/// A bounded queue of frames, bounded in bytes rather than messages.
+#[derive(Default)]
+pub struct Outbound {
+    frames: VecDeque<Bytes>,
+    /// Bytes of the front frame already written.
+    offset: usize,
+    /// Bytes queued, minus `offset`.
+    bytes: usize,
+}
+
+impl Outbound {
+    /// Queues `frame` unless that would pass `limit` bytes; returns whether it was queued.
+    pub fn push(&mut self, frame: Bytes, limit: usize) -> bool {
+        if self.bytes + frame.len() > limit && !self.frames.is_empty() {
+            return false;
+        }
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+        true
+    }
+
+    /// Bytes waiting.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether nothing waits.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Drops everything queued (a connection being evicted).
+    pub fn clear(&mut self) {
+        self.frames = VecDeque::new();
+        self.offset = 0;
+        self.bytes = 0;
+    }
+
+    /// Writes as much as the socket takes without blocking.
+    pub fn flush(&mut self, fd: RawFd) -> Flushed {
+        while !self.frames.is_empty() {
+            let mut iov = [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; MAX_IOVECS];
+            let mut n = 0;
+            for (i, frame) in self.frames.iter().take(MAX_IOVECS).enumerate() {
+                let part = if i == 0 {
+                    &frame[self.offset..]
+                } else {
+                    &frame[..]
+                };
+                iov[i] = libc::iovec {
+                    iov_base: part.as_ptr() as *mut _,
+                    iov_len: part.len(),
+                };
+                n += 1;
+            }
+            // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = n;
+            // SAFETY: every iovec points into a `Bytes` held by `self.frames` for the call.
+            let sent = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+            if sent < 0 {
+                let err = io::Error::last_os_error();
+                return match err.kind() {
+                    io::ErrorKind::WouldBlock => Flushed::Blocked,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => Flushed::Failed,
+                };
+            }
+            self.advance(sent as usize);
+        }
+        self.frames = VecDeque::new();
+        Flushed::Done
+    }
+
+    fn advance(&mut self, mut sent: usize) {
+        self.bytes -= sent;
+        while sent > 0 {
+            let Some(front) = self.frames.front() else {
+                break;
+            };
+            let left = front.len() - self.offset;
+            if sent >= left {
+                sent -= left;
+                self.offset = 0;
+                self.frames.pop_front();
+            } else {
+                self.offset += sent;
+                sent = 0;
+            }
+        }
+    }
+}
+
+/// Reads what the socket holds without blocking: `Ok(0)` is end of stream, `WouldBlock`
+/// means nothing is there yet.
+pub fn recv_now(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Shuts a socket down in one or both directions; errors mean it is already gone.
+pub fn shutdown(fd: RawFd, how: libc::c_int) {
+    // SAFETY: shutting down an fd we own has no memory effects.
+    unsafe { libc::shutdown(fd, how) };
+}
+
+/// Writes all of `data`, waiting for the socket when it is full (HTTP responses, handshake).
+pub async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    while !data.is_empty() {
+        // SAFETY: `data` is valid for reads of its length.
+        let n = unsafe {
+            libc::send(
+                fd,
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            data = &data[n as usize..];
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::WouldBlock => stream.writable(false).await?,
+            io::ErrorKind::Interrupted => {}
+            _ => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbound_is_bounded_in_bytes_but_takes_one_oversized_frame() {
+        let mut out = Outbound::default();
+        assert!(
+            out.push(Bytes::from(vec![0; 100]), 50),
+            "an empty queue takes any frame"
+        );
+        assert!(!out.push(Bytes::from(vec![0; 10]), 50));
+        assert_eq!(out.len(), 100);
+        out.clear();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn partial_writes_advance_across_frames() {
+        let mut out = Outbound::default();
+        for _ in 0..3 {
+            assert!(out.push(Bytes::from_static(b"abcd"), 100));
+        }
+        out.advance(6);
+        assert_eq!(out.len(), 6);
+        assert_eq!(out.offset, 2);
+        assert_eq!(out.frames.len(), 2);
+        out.advance(6);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn flush_writes_every_queued_frame_in_order() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let mut out = Outbound::default();
+        for f in [&b"one "[..], b"two ", b"three"] {
+            assert!(out.push(Bytes::copy_from_slice(f), 1 << 20));
+        }
+        assert_eq!(out.flush(a.as_raw_fd()), Flushed::Done);
+        drop(a);
+        let mut got = String::new();
+        (&b).read_to_string(&mut got).expect("read");
+        assert_eq!(got, "one two three");
+    }
+}

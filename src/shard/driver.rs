@@ -1,0 +1,192 @@
+//! A connection's reader task: HTTP/1.1 requests (REST API, health) with keep-alive,
+//! until an upgrade on `/app/{key}` turns it into a Pusher WebSocket.
+//!
+//! Reads wait for readiness and then copy into the shard's one scratch buffer, so an idle
+//! connection holds no read buffer of its own.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use monoio::net::TcpStream;
+use monoio_codec::{Decoded, Decoder as _};
+use monoio_http::common::request::RequestHead;
+use monoio_http::h1::codec::decoder::RequestHeadDecoder;
+
+use super::conn::{self, Conn, Outbound, write_all};
+use super::{Shard, Stats, session};
+use crate::http::{self, Response};
+use crate::protocol::{ErrorCode, PROTOCOL_VERSION, connection_established, error_frame};
+use crate::ws::{self, close_frame};
+
+/// Largest request head accepted; larger gets 431.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Reads more bytes into `buf`; false at end of stream or on error.
+async fn read_more(shard: &Shard, stream: &TcpStream, buf: &mut BytesMut) -> bool {
+    loop {
+        if stream.readable(false).await.is_err() {
+            return false;
+        }
+        let mut scratch = shard.take_scratch();
+        let got = conn::recv_now(stream.as_raw_fd(), &mut scratch);
+        if let Ok(n) = got {
+            buf.extend_from_slice(&scratch[..n]);
+        }
+        shard.put_scratch(scratch);
+        match got {
+            Ok(0) => return false,
+            Ok(_) => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Serves one accepted socket until it closes.
+pub(super) async fn handle_connection(shard: Rc<Shard>, stream: TcpStream) {
+    let mut buf = BytesMut::new();
+    loop {
+        let head = match RequestHeadDecoder.decode(&mut buf) {
+            Ok(Decoded::Some(head)) => head,
+            Ok(_) => {
+                if buf.len() > MAX_HEAD_BYTES {
+                    let _ = respond(
+                        &stream,
+                        &http::error(431, "Request header too large."),
+                        false,
+                    )
+                    .await;
+                    return;
+                }
+                if !read_more(&shard, &stream, &mut buf).await {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => {
+                let _ = respond(&stream, &http::error(400, "Malformed HTTP request."), false).await;
+                return;
+            }
+        };
+        Stats::add(&shard.stats.http_requests, 1);
+        if http::is_upgrade(&head) {
+            return upgrade(shard, stream, head).await;
+        }
+        let keep_alive = http::keep_alive(&head);
+        let len = match http::body_length(&head, shard.config.max_http_body_bytes) {
+            Ok(len) => len,
+            Err(resp) => {
+                let _ = respond(&stream, &resp, false).await;
+                return;
+            }
+        };
+        while buf.len() < len {
+            if !read_more(&shard, &stream, &mut buf).await {
+                return;
+            }
+        }
+        let mut body = buf.split_to(len);
+        let resp = http::handle(&shard, &head, &mut body);
+        shard.flush_dirty();
+        if respond(&stream, &resp, keep_alive).await.is_err() || !keep_alive {
+            return;
+        }
+        if buf.is_empty() {
+            // Free the request buffer between requests on an idle keep-alive connection.
+            buf = BytesMut::new();
+        }
+    }
+}
+
+async fn respond(stream: &TcpStream, resp: &Response, keep_alive: bool) -> std::io::Result<()> {
+    write_all(stream, &resp.encode(keep_alive)).await
+}
+
+/// Completes the WebSocket handshake, checks app and protocol version, then runs the
+/// Pusher session until the socket closes.
+async fn upgrade(shard: Rc<Shard>, stream: TcpStream, head: RequestHead) {
+    let Some(key) = head
+        .uri
+        .path()
+        .strip_prefix("/app/")
+        .filter(|k| !k.is_empty() && !k.contains('/'))
+    else {
+        let _ = respond(&stream, &http::error(404, "Not found."), false).await;
+        return;
+    };
+    let response = match ws::upgrade_response(&head.method, head.version, &head.headers) {
+        Ok(r) => r,
+        Err(e) => {
+            let mut resp = http::error(e.status(), &e.to_string());
+            if e.status() == 426 {
+                resp.headers.push(("Sec-WebSocket-Version", "13".into()));
+            }
+            let _ = respond(&stream, &resp, false).await;
+            return;
+        }
+    };
+    if write_all(&stream, &response).await.is_err() {
+        return;
+    }
+    let query = crate::auth::parse_query(head.uri.query().unwrap_or(""));
+    let refusal = match shard.apps.by_key(key) {
+        None => Some(ErrorCode::AppDoesNotExist),
+        Some((_, app)) if !app.enabled => Some(ErrorCode::AppDisabled),
+        Some(_) => check_protocol(&query),
+    };
+    if let Some(code) = refusal {
+        let mut frames = error_frame(code, None).to_vec();
+        frames.extend_from_slice(&close_frame(code.code(), code.message()));
+        let _ = write_all(&stream, &frames).await;
+        conn::shutdown(stream.as_raw_fd(), libc::SHUT_WR);
+        // Let the client read the close before the socket goes away.
+        let _ =
+            monoio::time::timeout(std::time::Duration::from_secs(2), stream.readable(false)).await;
+        return;
+    }
+    let Some((app, _)) = shard.apps.by_key(key) else {
+        return;
+    };
+    let (serial, socket_id) = shard.next_socket_id();
+    let stream = Rc::new(stream);
+    let now = Instant::now();
+    let key = shard.conns.borrow_mut().insert(Conn {
+        serial,
+        socket_id,
+        app,
+        stream: Rc::clone(&stream),
+        out: Outbound::default(),
+        dirty: false,
+        writer_active: false,
+        closing: None,
+        last_seen: now,
+        ping_sent: None,
+        channels: Vec::new(),
+    });
+    Stats::add(&shard.stats.connections_opened, 1);
+    let timeout = shard.config.activity_timeout.as_secs();
+    shard.send_to(key, connection_established(socket_id, timeout));
+    shard.flush_dirty();
+    session::run(&shard, key, &stream).await;
+    session::cleanup(&shard, key);
+    Stats::add(&shard.stats.connections_closed, 1);
+}
+
+/// `protocol` must be a number of at least 7: missing or older is 4007, not a number 4006.
+fn check_protocol(query: &[(String, String)]) -> Option<ErrorCode> {
+    let Some((_, v)) = query.iter().find(|(k, _)| k == "protocol") else {
+        return Some(ErrorCode::UnsupportedProtocolVersion);
+    };
+    match v.parse::<u32>() {
+        Ok(n) if n >= PROTOCOL_VERSION => None,
+        Ok(_) => Some(ErrorCode::UnsupportedProtocolVersion),
+        Err(_) => Some(ErrorCode::InvalidVersionFormat),
+    }
+}
+
+/// The raw fd of a stream (for direct non-blocking syscalls).
+pub(super) fn fd_of(stream: &TcpStream) -> RawFd {
+    stream.as_raw_fd()
+}

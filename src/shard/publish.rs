@@ -1,0 +1,239 @@
+//! Fan-out on a shard: queue a shared frame on every local subscriber, hand the same
+//! frame to the other shards through the rings, and flush each touched socket once.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::conn::{self, Flushed};
+use super::{Shard, Stats};
+use crate::app::AppIdx;
+use crate::fanout::{Envelope, Inbox};
+use crate::protocol::{ErrorCode, SocketId, error_frame};
+use crate::registry::ConnKey;
+use crate::ws::close_frame;
+
+/// Envelopes handled between two flushes.
+const DRAIN_BATCH: usize = 256;
+
+impl Shard {
+    /// Publishes `frame` on `channel` to subscribers on every shard except `except`.
+    /// Local sockets are queued now; call [`Shard::flush_dirty`] when the batch is done.
+    pub fn publish(&self, app: AppIdx, channel: &str, frame: &Bytes, except: Option<SocketId>) {
+        self.deliver_local(app, channel, frame, except);
+        if self.shards < 2 {
+            return;
+        }
+        let channel: Arc<str> = Arc::from(channel);
+        let mut outbox = self.outbox.borrow_mut();
+        let targets: Vec<usize> = outbox.targets().collect();
+        for to in targets {
+            let envelope = Envelope::Publish {
+                app,
+                channel: Arc::clone(&channel),
+                frame: frame.clone(),
+                except,
+            };
+            if outbox.push(to, envelope).is_err() {
+                Stats::add(&self.stats.fanout_dropped, 1);
+            }
+        }
+    }
+
+    /// Queues `frame` on each local subscriber of `channel`.
+    pub fn deliver_local(
+        &self,
+        app: AppIdx,
+        channel: &str,
+        frame: &Bytes,
+        except: Option<SocketId>,
+    ) {
+        let registry = self.registry.borrow();
+        let Some(subs) = registry.subscribers(app, channel) else {
+            return;
+        };
+        let mut evict = Vec::new();
+        {
+            let mut conns = self.conns.borrow_mut();
+            let mut dirty = self.dirty.borrow_mut();
+            let limit = self.config.max_outbound_bytes;
+            for &key in subs {
+                let Some(c) = conns.get_mut(key) else {
+                    continue;
+                };
+                if c.closing.is_some() || Some(c.socket_id) == except {
+                    continue;
+                }
+                if !c.out.push(frame.clone(), limit) {
+                    evict.push(key);
+                    continue;
+                }
+                if !c.dirty {
+                    c.dirty = true;
+                    dirty.push(key);
+                }
+            }
+            Stats::add(&self.stats.ws_messages_sent, subs.len() as u64);
+        }
+        drop(registry);
+        for key in evict {
+            self.evict_slow_reader(key);
+        }
+    }
+
+    /// Queues one frame for one connection (replies, errors).
+    pub fn send_to(&self, key: ConnKey, frame: Bytes) {
+        let mut conns = self.conns.borrow_mut();
+        let Some(c) = conns.get_mut(key) else { return };
+        if c.closing.is_some() {
+            return;
+        }
+        let limit = self.config.max_outbound_bytes;
+        let queued = c.out.push(frame, limit);
+        if queued && !c.dirty {
+            c.dirty = true;
+            self.dirty.borrow_mut().push(key);
+        }
+        drop(conns);
+        if !queued {
+            self.evict_slow_reader(key);
+        }
+    }
+
+    /// Starts closing a connection: `pusher:error` (for Pusher codes), then a close frame,
+    /// then the write side is shut once the queue drains. The client's close or the sweep
+    /// ends it.
+    pub fn begin_close(&self, key: ConnKey, code: u16, pusher: Option<ErrorCode>) {
+        if let Some(err) = pusher {
+            self.send_to(key, error_frame(err, None));
+        }
+        let reason = pusher.map_or("", ErrorCode::message);
+        self.send_to(key, close_frame(code, reason));
+        if let Some(c) = self.conns.borrow_mut().get_mut(key) {
+            c.closing = Some(Instant::now());
+        }
+    }
+
+    /// Drops a connection that cannot keep up: its queue is discarded, it gets 4100 if
+    /// the socket takes it, and both directions are shut so its reader task ends.
+    pub fn evict_slow_reader(&self, key: ConnKey) {
+        let mut conns = self.conns.borrow_mut();
+        let Some(c) = conns.get_mut(key) else { return };
+        if c.closing.is_some() && c.out.is_empty() {
+            return;
+        }
+        Stats::add(&self.stats.slow_reader_disconnects, 1);
+        c.out.clear();
+        let code = ErrorCode::OverCapacity;
+        c.out.push(error_frame(code, None), usize::MAX);
+        c.out
+            .push(close_frame(code.code(), code.message()), usize::MAX);
+        c.closing = Some(Instant::now());
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*c.stream);
+        let _ = c.out.flush(fd);
+        c.out.clear();
+        conn::shutdown(fd, libc::SHUT_RDWR);
+    }
+
+    /// Hands every queued frame to the kernel; sockets that are full get a writer task.
+    pub fn flush_dirty(self: &Rc<Self>) {
+        let keys = std::mem::take(&mut *self.dirty.borrow_mut());
+        if keys.is_empty() {
+            return;
+        }
+        let mut conns = self.conns.borrow_mut();
+        for &key in &keys {
+            let Some(c) = conns.get_mut(key) else {
+                continue;
+            };
+            c.dirty = false;
+            if c.writer_active {
+                continue;
+            }
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&*c.stream);
+            match c.out.flush(fd) {
+                Flushed::Done => {
+                    if c.closing.is_some() {
+                        conn::shutdown(fd, libc::SHUT_WR);
+                    }
+                }
+                Flushed::Blocked => {
+                    c.writer_active = true;
+                    monoio::spawn(writer(Rc::clone(self), key, c.serial, Rc::clone(&c.stream)));
+                }
+                Flushed::Failed => conn::shutdown(fd, libc::SHUT_RDWR),
+            }
+        }
+        drop(conns);
+        // Give the vector back so its capacity is reused.
+        let mut keys = keys;
+        keys.clear();
+        let mut dirty = self.dirty.borrow_mut();
+        if dirty.is_empty() {
+            *dirty = keys;
+        }
+    }
+
+    fn handle_envelope(&self, envelope: Envelope) {
+        match envelope {
+            Envelope::Publish {
+                app,
+                channel,
+                frame,
+                except,
+            } => {
+                self.deliver_local(app, &channel, &frame, except);
+            }
+        }
+    }
+}
+
+/// Waits for a full socket to drain, then flushes the rest of its queue.
+async fn writer(shard: Rc<Shard>, key: ConnKey, serial: u64, stream: Rc<monoio::net::TcpStream>) {
+    loop {
+        let ready = stream.writable(false).await;
+        let mut conns = shard.conns.borrow_mut();
+        let Some(c) = conns.get_mut(key).filter(|c| c.serial == serial) else {
+            return;
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*stream);
+        let result = if ready.is_ok() {
+            c.out.flush(fd)
+        } else {
+            Flushed::Failed
+        };
+        match result {
+            Flushed::Blocked => continue,
+            Flushed::Done => {
+                c.writer_active = false;
+                if c.closing.is_some() {
+                    conn::shutdown(fd, libc::SHUT_WR);
+                }
+                return;
+            }
+            Flushed::Failed => {
+                c.writer_active = false;
+                conn::shutdown(fd, libc::SHUT_RDWR);
+                return;
+            }
+        }
+    }
+}
+
+/// Drains the rings from other shards for as long as the shard lives.
+pub(super) async fn inbox_loop(shard: Rc<Shard>, mut inbox: Inbox) {
+    loop {
+        inbox.ready().await;
+        loop {
+            let n = inbox.drain(DRAIN_BATCH, |e| shard.handle_envelope(e));
+            shard.flush_dirty();
+            if n < DRAIN_BATCH {
+                break;
+            }
+            // Let readers and the accept loop run between large batches.
+            super::yield_now().await;
+        }
+    }
+}

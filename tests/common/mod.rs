@@ -1,0 +1,304 @@
+//! Test support: a real corecast process on a free port, and a small blocking WebSocket
+//! client over a real TCP socket, so tests see exactly what a client sees.
+#![allow(dead_code)]
+
+pub mod rest;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A server process, killed on drop.
+pub struct Server {
+    pub port: u16,
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Starts `corecast start` with `shards` shards and extra environment, and waits for `/ready`.
+pub fn start(shards: usize, env: &[(&str, &str)]) -> Server {
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_corecast"));
+    cmd.arg("start")
+        .env("SOKETI_PORT", port.to_string())
+        .env("SOKETI_HOST", "127.0.0.1")
+        .env("CORECAST_SHARDS", shards.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("spawn corecast");
+    let server = Server { port, child };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok((status, body)) = http(port, "GET", "/ready", &[], b"")
+            && status == 200
+            && body == b"OK"
+        {
+            return server;
+        }
+        assert!(Instant::now() < deadline, "server did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns status and body.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let end = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or(std::io::ErrorKind::InvalidData)?;
+    let head = String::from_utf8_lossy(&resp[..end]).to_string();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or(std::io::ErrorKind::InvalidData)?;
+    Ok((status, resp[end + 4..].to_vec()))
+}
+
+/// A frame as the server sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    /// The payload as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.payload).into_owned()
+    }
+
+    /// The payload as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).expect("server frame is JSON")
+    }
+
+    /// The close code of a close frame.
+    pub fn close_code(&self) -> Option<u16> {
+        (self.opcode == 8 && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
+/// A raw WebSocket client.
+pub struct Ws {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// The upgrade request for `path` with a valid key.
+pub fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+impl Ws {
+    /// Connects and upgrades on `path`, asserting the 101; returns the client.
+    pub fn connect(port: u16, path: &str) -> Ws {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        stream
+            .write_all(upgrade_request(path).as_bytes())
+            .expect("write");
+        let mut ws = Ws {
+            stream,
+            buf: Vec::new(),
+        };
+        let head = ws.read_head();
+        assert!(head.starts_with("HTTP/1.1 101"), "no 101: {head}");
+        assert!(
+            head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "wrong accept key: {head}"
+        );
+        ws
+    }
+
+    /// Connects to the default app and returns the client and its socket id.
+    pub fn pusher(port: u16) -> (Ws, String) {
+        let mut ws = Ws::connect(port, "/app/app-key?protocol=7&client=js&version=8.4.0");
+        let hello = ws.read_json();
+        assert_eq!(hello["event"], "pusher:connection_established");
+        let data: serde_json::Value =
+            serde_json::from_str(hello["data"].as_str().expect("string data")).expect("json");
+        let id = data["socket_id"].as_str().expect("socket id").to_owned();
+        (ws, id)
+    }
+
+    fn read_head(&mut self) -> String {
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                self.buf.drain(..end + 4);
+                return head;
+            }
+            self.fill().expect("read head");
+        }
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        let mut chunk = [0u8; 65536];
+        let n = self.stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    /// Sends one masked frame.
+    pub fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
+        self.stream
+            .write_all(&masked_frame(fin, opcode, payload))
+            .expect("send frame");
+    }
+
+    /// Sends a text message in one frame.
+    pub fn send_text(&mut self, text: &str) {
+        self.send_frame(true, 1, text.as_bytes());
+    }
+
+    /// Sends a Pusher event.
+    pub fn send_json(&mut self, value: serde_json::Value) {
+        self.send_text(&value.to_string());
+    }
+
+    /// Reads the next frame; `Err` at end of stream or timeout.
+    pub fn try_read_frame(&mut self) -> std::io::Result<Frame> {
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Ok(frame);
+            }
+            self.fill()?;
+        }
+    }
+
+    /// Reads the next frame or fails the test.
+    pub fn read_frame(&mut self) -> Frame {
+        self.try_read_frame().expect("a frame from the server")
+    }
+
+    /// Reads the next text frame as JSON.
+    pub fn read_json(&mut self) -> serde_json::Value {
+        let f = self.read_frame();
+        assert_eq!(f.opcode, 1, "expected text, got {f:?}");
+        f.json()
+    }
+
+    /// Reads frames until one has this event name; fails after `limit` frames.
+    pub fn read_event(&mut self, event: &str) -> serde_json::Value {
+        for _ in 0..100 {
+            let v = self.read_json();
+            if v["event"] == event {
+                return v;
+            }
+        }
+        panic!("no {event} in 100 frames");
+    }
+
+    /// Subscribes and waits for `subscription_succeeded`.
+    pub fn subscribe(&mut self, channel: &str) {
+        self.send_json(
+            serde_json::json!({"event": "pusher:subscribe", "data": {"channel": channel}}),
+        );
+        let v = self.read_event("pusher_internal:subscription_succeeded");
+        assert_eq!(v["channel"], channel);
+    }
+
+    /// Reads until the server closes the TCP stream; returns the close frame if one came.
+    pub fn read_until_closed(&mut self) -> Option<Frame> {
+        let mut close = None;
+        while let Ok(f) = self.try_read_frame() {
+            if f.opcode == 8 {
+                close = Some(f);
+            }
+        }
+        close
+    }
+}
+
+/// A client frame with a fixed non-zero mask.
+pub fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n < 65536 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+fn parse_server_frame(buf: &[u8]) -> Option<(Frame, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    assert_eq!(buf[1] & 0x80, 0, "server frames are never masked");
+    let (len, start) = match buf[1] & 0x7f {
+        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+        127 if buf.len() >= 10 => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[2..10]);
+            (u64::from_be_bytes(b) as usize, 10)
+        }
+        126 | 127 => return None,
+        n => (n as usize, 2),
+    };
+    if buf.len() < start + len {
+        return None;
+    }
+    let frame = Frame {
+        fin: buf[0] & 0x80 != 0,
+        opcode: buf[0] & 0x0f,
+        payload: buf[start..start + len].to_vec(),
+    };
+    Some((frame, start + len))
+}
