@@ -94,6 +94,11 @@ fn main() -> ExitCode {
 
 /// One fresh server, one scenario, server stopped whatever happened.
 fn run_once(args: &Args, k: usize) -> Result<RunResult, String> {
+    let mut args = args.clone();
+    if args.port == 0 {
+        args.port = free_port()?;
+    }
+    let args = &args;
     let tag = format!(
         "{}-shards{}-run{}",
         args.scenario.name(),
@@ -137,6 +142,12 @@ fn run_once(args: &Args, k: usize) -> Result<RunResult, String> {
         result.notes.push(format!("server log: {}", log.display()));
     }
     Ok(result)
+}
+
+/// A port nobody listens on right now (for `--port 0`, when others share the machine).
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
 fn print_run(r: &RunResult) {

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = match Config::load(rest, &|name| std::env::var(name).ok()) {
+    let config = match Config::from_process_env(rest) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("corecast: configuration error: {e}");

@@ -75,7 +75,7 @@ pub const USAGE: &str = "\
 usage: cargo bench --bench loadgen -- [options]
   --scenario delivery|memory|connect   (default delivery)
   --server-bin PATH      (default target/release/corecast)
-  --port N               (default 6101)
+  --port N               (default 6101; 0 = a free port per run)
   --shards N             (default 2)
   --connections N        (delivery 2000, memory 19000, connect 5000)
   --channels N           (delivery 20, memory 100, connect 20)

@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use crate::args::{Args, Scenario};
 use crate::clients::{self, End, Msg, OPEN_TIMEOUT, Plan, Shared, ThreadReport};
 use crate::publish::{self, PubPlan};
-use crate::server::{Sample, Server, self_cpu_s};
+use crate::server::{Sample, Server, machine_busy_s, self_cpu_s};
 
 /// How long the client threads get to report after `stop`.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(15);
@@ -165,6 +165,29 @@ impl Clients {
     }
 }
 
+/// The server, this process and the whole machine at one instant.
+struct Snap {
+    server: Sample,
+    self_cpu_s: f64,
+    machine_busy_s: f64,
+}
+
+fn snap(server: &Server) -> Result<Snap, String> {
+    Ok(Snap {
+        server: server.sample()?,
+        self_cpu_s: self_cpu_s(),
+        machine_busy_s: machine_busy_s(),
+    })
+}
+
+/// CPU used by everything else on the machine between two snaps, in percent of
+/// one core: other benchmarks or builds make the figures noisy.
+fn other_cpu_pct(a: &Snap, b: &Snap) -> f64 {
+    let wall = b.machine_busy_s - a.machine_busy_s;
+    let ours = (b.server.cpu_s - a.server.cpu_s) + (b.self_cpu_s - a.self_cpu_s);
+    (wall - ours).max(0.0)
+}
+
 fn sleep_until(t: Instant) {
     std::thread::sleep(t.saturating_duration_since(Instant::now()));
 }
@@ -224,9 +247,11 @@ fn delivery(args: &Args, server: &mut Server) -> Result<RunResult, String> {
         args.duration.as_secs_f64()
     );
     sleep_until(shared.base + Duration::from_nanos(win_start_ns));
-    let (a, self_a) = (server.sample()?, self_cpu_s());
+    let snap_a = snap(server)?;
+    let (a, self_a) = (snap_a.server, snap_a.self_cpu_s);
     sleep_until(shared.base + Duration::from_nanos(win_end_ns));
-    let (b, self_b) = (server.sample()?, self_cpu_s());
+    let snap_b = snap(server)?;
+    let (b, self_b) = (snap_b.server, snap_b.self_cpu_s);
     let publishing = pub_rx.recv_timeout(Duration::from_secs(20));
     std::thread::sleep(args.drain);
     let crashed = server_gone(server);
@@ -331,20 +356,27 @@ fn delivery(args: &Args, server: &mut Server) -> Result<RunResult, String> {
     r.put("server_cpu_s", server_cpu);
     r.put("server_cpu_pct", server_cpu / secs * 100.0);
     r.put("server_cpu_us_per_delivery", per(server_cpu * 1e6, window));
+    r.put("server_cpu_clock_s", b.cpu_clock_s - a.cpu_clock_s);
     r.put("server_rss_idle_bytes", idle.rss_bytes as f64);
     r.put("server_rss_subscribed_bytes", subscribed.rss_bytes as f64);
     r.put("server_rss_bytes", b.rss_bytes as f64);
     r.put("loadgen_cpu_s", self_b - self_a);
     r.put("loadgen_cpu_pct", (self_b - self_a) / secs * 100.0);
+    r.put(
+        "other_cpu_pct",
+        other_cpu_pct(&snap_a, &snap_b) / secs * 100.0,
+    );
     Ok(r)
 }
 
 fn memory(args: &Args, server: &mut Server) -> Result<RunResult, String> {
     let mut r = RunResult::default();
-    let before = server.sample()?;
+    let snap_a = snap(server)?;
+    let before = snap_a.server;
     let shared = Arc::new(Shared::new());
     let clients = connect_all(args, &shared, false)?;
-    let connected = server.sample()?;
+    let snap_b = snap(server)?;
+    let connected = snap_b.server;
     eprintln!("  idle for {:.1} s", args.idle.as_secs_f64());
     std::thread::sleep(args.idle);
     server_gone(server)?;
@@ -365,15 +397,22 @@ fn memory(args: &Args, server: &mut Server) -> Result<RunResult, String> {
     r.put("server_cpu_connect_s", connected.cpu_s - before.cpu_s);
     r.put("server_cpu_idle_s", after.cpu_s - connected.cpu_s);
     r.put("connections_closed_by_server", held_closed(&reports));
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    r.put(
+        "other_cpu_pct",
+        other_cpu_pct(&snap_a, &snap_b) / secs * 100.0,
+    );
     Ok(r)
 }
 
 fn connect(args: &Args, server: &mut Server) -> Result<RunResult, String> {
     let mut r = RunResult::default();
     let shared = Arc::new(Shared::new());
-    let (before, self_a): (Sample, f64) = (server.sample()?, self_cpu_s());
+    let snap_a = snap(server)?;
+    let (before, self_a) = (snap_a.server, snap_a.self_cpu_s);
     let clients = connect_all(args, &shared, false)?;
-    let (after, self_b) = (server.sample()?, self_cpu_s());
+    let snap_b = snap(server)?;
+    let (after, self_b) = (snap_b.server, snap_b.self_cpu_s);
     server_gone(server)?;
     let (opened, failed, elapsed) = (clients.opened, clients.failed, clients.elapsed);
     let reports = clients.finish(&shared, &mut r.notes);
@@ -390,6 +429,12 @@ fn connect(args: &Args, server: &mut Server) -> Result<RunResult, String> {
         "server_cpu_us_per_connection",
         per(cpu * 1e6, opened as u64),
     );
+    let clock = after.cpu_clock_s - before.cpu_clock_s;
+    r.put("server_cpu_clock_s", clock);
+    r.put(
+        "server_cpu_clock_us_per_connection",
+        per(clock * 1e6, opened as u64),
+    );
     r.put("server_rss_before_bytes", before.rss_bytes as f64);
     r.put("server_rss_after_bytes", after.rss_bytes as f64);
     r.put(
@@ -401,6 +446,11 @@ fn connect(args: &Args, server: &mut Server) -> Result<RunResult, String> {
     );
     r.put("connections_closed_by_server", held_closed(&reports));
     r.put("loadgen_cpu_s", self_b - self_a);
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    r.put(
+        "other_cpu_pct",
+        other_cpu_pct(&snap_a, &snap_b) / secs * 100.0,
+    );
     Ok(r)
 }
 

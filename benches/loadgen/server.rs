@@ -25,7 +25,11 @@ pub struct Server {
 /// CPU and memory of a process at one instant.
 #[derive(Clone, Copy, Debug)]
 pub struct Sample {
+    /// utime + stime from `/proc/PID/stat`, in clock ticks (10 ms) turned to seconds.
     pub cpu_s: f64,
+    /// The same from the process CPU clock (`clock_getcpuclockid`): nanosecond
+    /// resolution, for short phases where ticks are too coarse. NaN if unavailable.
+    pub cpu_clock_s: f64,
     pub rss_bytes: u64,
 }
 
@@ -198,8 +202,44 @@ pub fn proc_sample(pid: i32) -> Result<Sample, String> {
         .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))?;
     Ok(Sample {
         cpu_s: (utime + stime) as f64 / hz,
+        cpu_clock_s: cpu_clock_s(pid),
         rss_bytes: rss_kb * 1024,
     })
+}
+
+/// CPU time of process `pid` from its CPU-time clock; NaN if the kernel refuses.
+fn cpu_clock_s(pid: i32) -> f64 {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: valid out pointer; the call only looks the pid up.
+    if unsafe { libc::clock_getcpuclockid(pid, &mut clock) } != 0 {
+        return f64::NAN;
+    }
+    // SAFETY: timespec is plain old data filled by clock_gettime.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid clock id from clock_getcpuclockid and a pointer to our timespec.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return f64::NAN;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// CPU seconds every process on the machine has used since boot (all cores, from
+/// `/proc/stat`); with the server's and our own, it tells how busy the rest was.
+pub fn machine_busy_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return f64::NAN;
+    };
+    // user nice system idle iowait irq softirq steal: everything but idle and iowait.
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    busy as f64 / hz
 }
 
 /// This process's CPU seconds (user + system), from getrusage.
@@ -231,13 +271,14 @@ pub fn ensure_fd_limit(needed: u64) -> Result<u64, String> {
             lim.rlim_cur, lim.rlim_max
         ));
     }
+    // The server inherits this limit: give it all the headroom the hard limit allows.
     let raised = libc::rlimit {
-        rlim_cur: needed,
+        rlim_cur: lim.rlim_max,
         rlim_max: lim.rlim_max,
     };
     // SAFETY: valid pointer to an rlimit; the new soft limit is within the hard one.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
         return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
     }
-    Ok(needed)
+    Ok(lim.rlim_max)
 }

@@ -1,6 +1,6 @@
 //! HMAC signing and checking for the three signed things of Pusher protocol 7: channel
 //! subscriptions (private, presence, encrypted), user sign-in (`pusher:signin`), and REST
-//! requests (in [`rest`]).
+//! requests (`rest.rs` checks them, `sign.rs` signs them like the official libraries).
 //!
 //! Everything here is pure: no clock (REST checks take `now_unix_secs`), no IO, no runtime.
 //! Every signature comparison goes through [`verify_hex`], which decodes the hex and lets
@@ -8,10 +8,10 @@
 //! long the comparison took.
 
 mod rest;
+mod sign;
 
-pub use rest::{
-    REST_TIMESTAMP_TOLERANCE_SECS, RestAuthError, sign_rest_request, verify_rest_request,
-};
+pub use rest::{REST_TIMESTAMP_TOLERANCE_SECS, RestAuthError, verify_rest_request};
+pub use sign::sign_rest_request;
 
 use hmac::{Hmac, KeyInit, Mac};
 use md5::{Digest, Md5};

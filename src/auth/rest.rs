@@ -6,8 +6,9 @@
 //! values *not* URL-escaped. The libraries sign the raw values and the server sees them
 //! percent-decoded, so checking against decoded values (from [`super::parse_query`]) is what
 //! makes GETs with `info=user_count,subscription_count` or `filter_by_prefix=presence-` pass.
+//! The signing side, for tests and the load generator, is in `sign.rs`.
 
-use super::{md5_hex, sign_hex, verify_hex};
+use super::{md5_hex, verify_hex};
 
 /// How far `auth_timestamp` may be from the server clock, either way (Pusher's 600 s).
 pub const REST_TIMESTAMP_TOLERANCE_SECS: u64 = 600;
@@ -95,63 +96,9 @@ pub fn verify_rest_request(
     }
 }
 
-/// Builds the query string an official library would send for this request: `auth_key`,
-/// `auth_timestamp`, `auth_version=1.0`, `body_md5` when `body` is non-empty, the `params`,
-/// and `auth_signature` last. Keys and values are form-urlencoded in the output (the signature
-/// covers the raw values), so the result can be appended to a URL after `?` as it is.
-///
-/// `params` naming one of the auth parameters are dropped: the node library throws on them.
-pub fn sign_rest_request(
-    app_key: &str,
-    app_secret: &str,
-    method: &str,
-    path: &str,
-    params: &[(String, String)],
-    body: &[u8],
-    timestamp: u64,
-) -> String {
-    let mut pairs: Vec<(String, String)> = vec![
-        ("auth_key".to_owned(), app_key.to_owned()),
-        ("auth_timestamp".to_owned(), timestamp.to_string()),
-        ("auth_version".to_owned(), "1.0".to_owned()),
-    ];
-    if !body.is_empty() {
-        pairs.push(("body_md5".to_owned(), md5_hex(body)));
-    }
-    pairs.extend(
-        params
-            .iter()
-            .filter(|(key, _)| !RESERVED.contains(&key.to_ascii_lowercase().as_str()))
-            .map(|(key, value)| (key.to_ascii_lowercase(), value.clone())),
-    );
-    pairs.sort_by(|a, b| a.0.cmp(&b.0));
-
-    let to_sign = string_to_sign(
-        method,
-        path,
-        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-    );
-    let signature = sign_hex(app_secret, to_sign.as_bytes());
-    let mut out = form_urlencoded::Serializer::new(String::new());
-    for (key, value) in &pairs {
-        out.append_pair(key, value);
-    }
-    out.append_pair("auth_signature", &signature);
-    out.finish()
-}
-
-/// The parameters a caller may not set through `params`: the libraries own them.
-const RESERVED: [&str; 5] = [
-    "auth_key",
-    "auth_timestamp",
-    "auth_version",
-    "auth_signature",
-    "body_md5",
-];
-
 /// `METHOD\nPATH\nk1=v1&k2=v2...` over every pair but `auth_signature`, keys lowercased and
 /// sorted (stable, so repeated non-auth keys keep their order).
-fn string_to_sign<'a>(
+pub(super) fn string_to_sign<'a>(
     method: &str,
     path: &str,
     pairs: impl Iterator<Item = (&'a str, &'a str)>,
@@ -195,119 +142,118 @@ fn optional<'a>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::parse_query;
+    use super::RestAuthError::*;
     use super::*;
 
-    const DOC_KEY: &str = "278d425bdf160c739803";
-    const DOC_SECRET: &str = "7ad3773142a6692b25b8";
-    const DOC_BODY: &[u8] =
+    // Pusher's documented worked example (HTTP API reference, "Generating authentication
+    // signatures"): app 3, key/secret below, POST /apps/3/events at 1353088179.
+    pub(crate) const DOC_KEY: &str = "278d425bdf160c739803";
+    pub(crate) const DOC_SECRET: &str = "7ad3773142a6692b25b8";
+    pub(crate) const DOC_BODY: &[u8] =
         br#"{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}"#;
-    const DOC_QUERY: &str = "auth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0\
+    pub(crate) const DOC_QUERY: &str = "auth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0\
         &body_md5=ec365a775a4cd0599faeb73354201b6f\
         &auth_signature=da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c";
-    const DOC_TIME: u64 = 1353088179;
+    pub(crate) const DOC_TIME: u64 = 1353088179;
 
-    fn check_doc(query: &str, body: &[u8], now: u64) -> Result<(), RestAuthError> {
+    /// Checks `query` and `body` as a POST to the documented example's app and path.
+    fn doc(query: &str, body: &[u8], now: u64) -> Result<(), RestAuthError> {
+        let query = parse_query(query);
         verify_rest_request(
             DOC_KEY,
             DOC_SECRET,
             "POST",
             "/apps/3/events",
-            &parse_query(query),
+            &query,
             body,
             now,
         )
     }
 
-    #[test]
-    fn accepts_pusher_documented_post_example() {
-        assert_eq!(check_doc(DOC_QUERY, DOC_BODY, DOC_TIME + 5), Ok(()));
+    /// Checks a request to app-key / app-secret at 1700000000 (the node-library vectors).
+    fn app(method: &str, path: &str, query: &str, body: &[u8]) -> Result<(), RestAuthError> {
+        let query = parse_query(query);
+        verify_rest_request(
+            "app-key",
+            "app-secret",
+            method,
+            path,
+            &query,
+            body,
+            1700000000,
+        )
     }
 
     #[test]
-    fn sign_reproduces_pusher_documented_post_example() {
-        assert_eq!(
-            sign_rest_request(
-                DOC_KEY,
-                DOC_SECRET,
-                "post",
-                "/apps/3/events",
-                &[],
-                DOC_BODY,
-                DOC_TIME
-            ),
-            DOC_QUERY
-        );
+    fn accepts_pusher_documented_post_example() {
+        assert_eq!(doc(DOC_QUERY, DOC_BODY, DOC_TIME + 5), Ok(()));
     }
 
     #[test]
     fn stale_timestamp_is_rejected_past_600_seconds_either_way() {
-        assert_eq!(check_doc(DOC_QUERY, DOC_BODY, DOC_TIME + 600), Ok(()));
-        assert_eq!(check_doc(DOC_QUERY, DOC_BODY, DOC_TIME - 600), Ok(()));
+        assert_eq!(doc(DOC_QUERY, DOC_BODY, DOC_TIME + 600), Ok(()));
+        assert_eq!(doc(DOC_QUERY, DOC_BODY, DOC_TIME - 600), Ok(()));
         assert_eq!(
-            check_doc(DOC_QUERY, DOC_BODY, DOC_TIME + 601),
-            Err(RestAuthError::StaleTimestamp)
+            doc(DOC_QUERY, DOC_BODY, DOC_TIME + 601),
+            Err(StaleTimestamp)
         );
         assert_eq!(
-            check_doc(DOC_QUERY, DOC_BODY, DOC_TIME - 601),
-            Err(RestAuthError::StaleTimestamp)
+            doc(DOC_QUERY, DOC_BODY, DOC_TIME - 601),
+            Err(StaleTimestamp)
         );
     }
 
     #[test]
     fn wrong_key_is_rejected() {
         let query = DOC_QUERY.replace(DOC_KEY, "0000000000000000000a");
-        assert_eq!(
-            check_doc(&query, DOC_BODY, DOC_TIME),
-            Err(RestAuthError::KeyMismatch)
-        );
+        assert_eq!(doc(&query, DOC_BODY, DOC_TIME), Err(KeyMismatch));
     }
 
     #[test]
     fn altered_body_is_an_md5_mismatch() {
         let body = br#"{"name":"foo","channels":["project-4"],"data":"{\"some\":\"data\"}"}"#;
-        assert_eq!(
-            check_doc(DOC_QUERY, body, DOC_TIME),
-            Err(RestAuthError::BodyMd5Mismatch)
-        );
-        assert_eq!(
-            check_doc(DOC_QUERY, b"", DOC_TIME),
-            Err(RestAuthError::BodyMd5Mismatch)
-        );
+        assert_eq!(doc(DOC_QUERY, body, DOC_TIME), Err(BodyMd5Mismatch));
+        assert_eq!(doc(DOC_QUERY, b"", DOC_TIME), Err(BodyMd5Mismatch));
     }
 
     #[test]
     fn body_without_body_md5_is_rejected() {
         let query = DOC_QUERY.replace("&body_md5=ec365a775a4cd0599faeb73354201b6f", "");
         assert_eq!(
-            check_doc(&query, DOC_BODY, DOC_TIME),
-            Err(RestAuthError::MissingParam("body_md5"))
+            doc(&query, DOC_BODY, DOC_TIME),
+            Err(MissingParam("body_md5"))
         );
     }
 
     #[test]
     fn tampered_or_added_param_breaks_the_signature() {
         let later = DOC_QUERY.replace("1353088179", "1353088180");
-        assert_eq!(
-            check_doc(&later, DOC_BODY, DOC_TIME),
-            Err(RestAuthError::BadSignature)
-        );
+        assert_eq!(doc(&later, DOC_BODY, DOC_TIME), Err(BadSignature));
         let added = format!("{DOC_QUERY}&socket_id=1.2");
-        assert_eq!(
-            check_doc(&added, DOC_BODY, DOC_TIME),
-            Err(RestAuthError::BadSignature)
-        );
+        assert_eq!(doc(&added, DOC_BODY, DOC_TIME), Err(BadSignature));
+        let query = parse_query(DOC_QUERY);
         let other_path = verify_rest_request(
             DOC_KEY,
             DOC_SECRET,
             "POST",
             "/apps/4/events",
-            &parse_query(DOC_QUERY),
+            &query,
             DOC_BODY,
             DOC_TIME,
         );
-        assert_eq!(other_path, Err(RestAuthError::BadSignature));
+        assert_eq!(other_path, Err(BadSignature));
+        let other_method = verify_rest_request(
+            DOC_KEY,
+            DOC_SECRET,
+            "PUT",
+            "/apps/3/events",
+            &query,
+            DOC_BODY,
+            DOC_TIME,
+        );
+        assert_eq!(other_method, Err(BadSignature));
     }
 
     #[test]
@@ -317,24 +263,22 @@ mod tests {
             .next()
             .unwrap_or_default();
         assert_eq!(
-            check_doc(no_sig, DOC_BODY, DOC_TIME),
-            Err(RestAuthError::MissingParam("auth_signature"))
+            doc(no_sig, DOC_BODY, DOC_TIME),
+            Err(MissingParam("auth_signature"))
         );
         let twice = format!("{DOC_QUERY}&auth_key={DOC_KEY}");
         assert_eq!(
-            check_doc(&twice, DOC_BODY, DOC_TIME),
-            Err(RestAuthError::DuplicateParam("auth_key"))
+            doc(&twice, DOC_BODY, DOC_TIME),
+            Err(DuplicateParam("auth_key"))
         );
         let v2 = DOC_QUERY.replace("auth_version=1.0", "auth_version=2.0");
         assert_eq!(
-            check_doc(&v2, DOC_BODY, DOC_TIME),
-            Err(RestAuthError::UnsupportedVersion("2.0".to_owned()))
+            doc(&v2, DOC_BODY, DOC_TIME),
+            Err(UnsupportedVersion("2.0".to_owned()))
         );
         let bad_ts = DOC_QUERY.replace("1353088179", "soon");
-        assert_eq!(
-            check_doc(&bad_ts, DOC_BODY, DOC_TIME),
-            Err(RestAuthError::BadTimestamp)
-        );
+        assert_eq!(doc(&bad_ts, DOC_BODY, DOC_TIME), Err(BadTimestamp));
+        assert_eq!(doc("", b"", DOC_TIME), Err(MissingParam("auth_key")));
     }
 
     // Query strings produced by the official node library (pusher 5.3.4, createSignedQueryString)
@@ -343,16 +287,31 @@ mod tests {
     fn accepts_node_library_get_with_info_and_filter_by_prefix() {
         let query = "auth_key=app-key&auth_timestamp=1700000000&auth_version=1.0&filter_by_prefix=presence-\
             &info=user_count&auth_signature=fd5a1b38d92aee2b7913a8cf43136cffab888ee5a097536910d6239f08eb68a2";
-        let result = verify_rest_request(
-            "app-key",
-            "app-secret",
-            "GET",
-            "/apps/app-id/channels",
-            &parse_query(query),
-            b"",
-            1700000000,
+        assert_eq!(app("GET", "/apps/app-id/channels", query, b""), Ok(()));
+        assert_eq!(
+            app(
+                "GET",
+                "/apps/app-id/channels",
+                &query.replace("presence-", "private-"),
+                b""
+            ),
+            Err(BadSignature)
         );
-        assert_eq!(result, Ok(()));
+    }
+
+    #[test]
+    fn accepts_node_library_get_without_params() {
+        let query = "auth_key=app-key&auth_timestamp=1700000000&auth_version=1.0\
+            &auth_signature=a7afae233250cdf3d2c9b18ed80afcd11f03f89614c48018dec50a034ca1143a";
+        assert_eq!(
+            app(
+                "GET",
+                "/apps/app-id/channels/presence-room/users",
+                query,
+                b""
+            ),
+            Ok(())
+        );
     }
 
     #[test]
@@ -360,72 +319,15 @@ mod tests {
         let body = br#"{"name":"greet","channels":["chat","news"],"data":"{\"hi\":1}"}"#;
         let query = "auth_key=app-key&auth_timestamp=1700000000&auth_version=1.0&body_md5=e8df82995c7d5310a9542f56a1c307c0\
             &auth_signature=641591245c72ca3554fa3ef3844e98fea97ff3402894d3d4adca2d945b156d13";
-        let result = verify_rest_request(
-            "app-key",
-            "app-secret",
-            "POST",
-            "/apps/app-id/events",
-            &parse_query(query),
-            body,
-            1700000000,
-        );
-        assert_eq!(result, Ok(()));
+        assert_eq!(app("POST", "/apps/app-id/events", query, body), Ok(()));
     }
 
     #[test]
-    fn percent_encoded_values_are_checked_decoded() {
+    fn percent_encoded_values_are_checked_decoded_in_any_order() {
         // Signed over `info=subscription_count,user_count` (python hmac); the comma arrives as %2C.
         let query = "info=subscription_count%2Cuser_count&filter_by_prefix=presence-&auth_version=1.0\
             &auth_key=app-key&auth_timestamp=1700000000\
             &auth_signature=ecdfdec1ab618d1f23803b90d8d043cf76dfb813beeb6f62ccde18bc4b6f7cfe";
-        let result = verify_rest_request(
-            "app-key",
-            "app-secret",
-            "get",
-            "/apps/app-id/channels",
-            &parse_query(query),
-            b"",
-            1700000000,
-        );
-        assert_eq!(result, Ok(()));
-    }
-
-    #[test]
-    fn signed_query_round_trips_through_parse_and_verify() {
-        let params = [
-            ("filter_by_prefix".to_owned(), "private name&x".to_owned()),
-            ("Info".to_owned(), "user_count".to_owned()),
-        ];
-        let query = sign_rest_request("k", "s", "GET", "/apps/1/channels", &params, b"", 42);
-        assert!(
-            query.contains("filter_by_prefix=private+name%26x"),
-            "{query}"
-        );
-        assert_eq!(
-            verify_rest_request(
-                "k",
-                "s",
-                "GET",
-                "/apps/1/channels",
-                &parse_query(&query),
-                b"",
-                42
-            ),
-            Ok(())
-        );
-        let reserved = [("auth_key".to_owned(), "evil".to_owned())];
-        let query = sign_rest_request("k", "s", "GET", "/apps/1/channels", &reserved, b"", 42);
-        assert_eq!(
-            verify_rest_request(
-                "k",
-                "s",
-                "GET",
-                "/apps/1/channels",
-                &parse_query(&query),
-                b"",
-                42
-            ),
-            Ok(())
-        );
+        assert_eq!(app("get", "/apps/app-id/channels", query, b""), Ok(()));
     }
 }

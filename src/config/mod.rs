@@ -36,7 +36,7 @@ use app_fields::AppFields;
 use value::Raw;
 
 /// Everything the server needs to start. Built once, then shared read-only (`Arc`) by shards.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Address the WebSocket + REST listener binds (`SOKETI_HOST`, `host`), `0.0.0.0`.
     pub host: String,
@@ -82,6 +82,9 @@ pub struct Config {
     /// How long a socket of an app with user authentication has to `pusher:signin`
     /// (`SOKETI_USER_AUTHENTICATION_TIMEOUT`, ms, `userAuthenticationTimeout`), 30 s.
     pub user_authentication_timeout: Duration,
+    /// How long a cache channel keeps its last event (`SOKETI_CHANNEL_CACHE_TTL`, seconds,
+    /// `channelLimits.cacheTtl`), 30 minutes as Pusher documents.
+    pub cache_ttl: Duration,
     /// How nodes share messages (`SOKETI_ADAPTER_DRIVER`, `adapter.driver`), local.
     pub adapter: AdapterDriver,
     /// The Redis server of the redis adapter.
@@ -171,6 +174,7 @@ impl Default for Config {
             debug: false,
             shutdown_grace_period: Duration::from_millis(3000),
             user_authentication_timeout: Duration::from_millis(30_000),
+            cache_ttl: Duration::from_secs(1800),
             adapter: AdapterDriver::Local,
             redis: RedisConfig {
                 host: "127.0.0.1".to_owned(),
@@ -199,18 +203,14 @@ impl Config {
         args: &[String],
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let text = match config_path(args)? {
-            Some(path) => {
-                Some(
-                    std::fs::read_to_string(path).map_err(|e| ConfigError::ReadFile {
-                        path: path.to_owned(),
-                        reason: e.to_string(),
-                    })?,
-                )
-            }
-            None => None,
+        let Some(path) = config_path(args)? else {
+            return Self::from_sources(None, env);
         };
-        Self::from_sources(text.as_deref(), env)
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::ReadFile {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Self::build(Some((&text, &format!("config file {path}"))), env)
     }
 
     /// [`Config::load`] with the process environment, after checking that every `SOKETI_*` and
@@ -241,16 +241,24 @@ impl Config {
         file: Option<&str>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        Self::build(file.map(|text| (text, "the config file")), env)
+    }
+
+    /// `file` is the text and how errors name it.
+    fn build(
+        file: Option<(&str, &str)>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let mut builder = Builder::new();
-        if let Some(text) = file {
+        if let Some((text, name)) = file {
             let root: serde_json::Value =
                 serde_json::from_str(text).map_err(|e| ConfigError::BadJson {
-                    option: "the config file".to_owned(),
+                    option: name.to_owned(),
                     reason: e.to_string(),
                 })?;
             let serde_json::Value::Object(root) = root else {
                 return Err(ConfigError::Invalid {
-                    option: "the config file".to_owned(),
+                    option: name.to_owned(),
                     value: Raw::Json(root).shown(),
                     expected: "a JSON object of options".to_owned(),
                 });
@@ -318,25 +326,19 @@ impl Builder {
             return Err(ConfigError::NoApps);
         }
         for (i, fields) in self.apps.iter().enumerate() {
-            let app = app_fields::build(
-                fields,
-                &format!("appManager.array.apps.{i}"),
-                &self.app_defaults,
-            )?;
-            for (field, value) in [("id", &app.id), ("key", &app.key)] {
-                let same = |a: &AppConfig| {
-                    if field == "id" {
-                        &a.id == value
-                    } else {
-                        &a.key == value
-                    }
-                };
-                if self.config.apps.iter().any(same) {
-                    return Err(ConfigError::DuplicateApp {
-                        field,
-                        value: value.clone(),
-                    });
-                }
+            let prefix = format!("appManager.array.apps.{i}");
+            let app = app_fields::build(fields, &prefix, &self.app_defaults)?;
+            if self.config.apps.iter().any(|a| a.id == app.id) {
+                return Err(ConfigError::DuplicateApp {
+                    field: "id",
+                    value: app.id,
+                });
+            }
+            if self.config.apps.iter().any(|a| a.key == app.key) {
+                return Err(ConfigError::DuplicateApp {
+                    field: "key",
+                    value: app.key,
+                });
             }
             self.config.apps.push(app);
         }

@@ -22,7 +22,6 @@ const IGNORED: &[&str] = &[
     "appManager.mysql",
     "appManager.postgres",
     "cache",
-    "channelLimits.cacheTtl",
     "cluster",
     "cors",
     "database.mysql",
@@ -53,11 +52,12 @@ impl Builder {
                 &raw,
                 o,
                 &["full", "server"],
-                "corecast has no queue workers; use full",
+                "there are no queue workers; use full or server",
             )?,
             "shards" => c.shards = value::size(&raw, o, 1)?,
             "activityTimeout" => c.activity_timeout = value::seconds(&raw, o, 1)?,
             "pongTimeout" => c.pong_timeout = value::seconds(&raw, o, 1)?,
+            "channelLimits.cacheTtl" => c.cache_ttl = value::seconds(&raw, o, 1)?,
             "maxOutboundKb" => c.max_outbound_bytes = value::size(&raw, o, 1)?.saturating_mul(1024),
             "maxWsMessageKb" => {
                 c.max_ws_message_bytes = value::size(&raw, o, 1)?.saturating_mul(1024)
@@ -76,7 +76,7 @@ impl Builder {
                 &raw,
                 o,
                 &["prometheus"],
-                "metrics are exported for Prometheus",
+                "metrics are served for Prometheus only",
             )?,
             "webhooks.batching.enabled" => c.webhooks_batching = value::boolean(&raw, o)?,
             "webhooks.batching.duration" => c.webhooks_batching_duration = value::millis(&raw, o)?,
@@ -89,11 +89,7 @@ impl Builder {
                     "local" => AdapterDriver::Local,
                     "redis" => AdapterDriver::Redis,
                     _ => {
-                        return Err(unsupported(
-                            &raw,
-                            o,
-                            "corecast has the local and redis adapters",
-                        ));
+                        return Err(unsupported(&raw, o, "use local or redis"));
                     }
                 };
             }
@@ -101,11 +97,7 @@ impl Builder {
             "adapter.redis.requestsTimeout" => c.redis.requests_timeout = value::millis(&raw, o)?,
             "adapter.redis.clusterMode" | "adapter.redis.shardMode" => {
                 if value::boolean(&raw, o)? {
-                    return Err(unsupported(
-                        &raw,
-                        o,
-                        "corecast speaks to a single Redis server",
-                    ));
+                    return Err(unsupported(&raw, o, "it connects to a single Redis server"));
                 }
             }
             "database.redis.host" => c.redis.host = value::non_empty(&raw, o)?,
@@ -120,11 +112,7 @@ impl Builder {
             "database.redis.sentinels" | "database.redis.clusterNodes" => {
                 let list = value::json(&raw, o)?;
                 if !(list.is_null() || list.as_array().is_some_and(Vec::is_empty)) {
-                    return Err(unsupported(
-                        &raw,
-                        o,
-                        "corecast speaks to a single Redis server",
-                    ));
+                    return Err(unsupported(&raw, o, "it connects to a single Redis server"));
                 }
             }
             "appManager.driver" => {

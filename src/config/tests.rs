@@ -26,13 +26,6 @@ fn error(file: Option<&str>, pairs: &[(&str, &str)]) -> String {
 
 type Check = fn(&Config) -> bool;
 
-/// A config file (if any), environment pairs, and text the error must contain.
-type ErrorCase = (
-    Option<&'static str>,
-    &'static [(&'static str, &'static str)],
-    &'static str,
-);
-
 /// One case per effective variable: the value to set and what the config must then show.
 #[rustfmt::skip]
 const CASES: &[(&str, &str, Check)] = &[
@@ -41,6 +34,7 @@ const CASES: &[(&str, &str, Check)] = &[
     ("CORECAST_MAX_WS_MESSAGE_KB", "8", |c| c.max_ws_message_bytes == 8 * 1024),
     ("CORECAST_PONG_TIMEOUT", "10", |c| c.pong_timeout == Duration::from_secs(10)),
     ("CORECAST_RING_CAPACITY", "1024", |c| c.ring_capacity == 1024),
+    ("SOKETI_CHANNEL_CACHE_TTL", "60", |c| c.cache_ttl == Duration::from_secs(60)),
     ("CORECAST_SHARDS", "300", |c| c.shards == 300),
     ("SOKETI_ADAPTER_DRIVER", "redis", |c| c.adapter == AdapterDriver::Redis),
     ("SOKETI_ADAPTER_REDIS_PREFIX", "cc", |c| c.redis.channel_prefix == "cc"),
@@ -108,50 +102,58 @@ fn nested(key: &str, value: Value) -> Value {
 
 #[test]
 fn nothing_set_gives_soketi_defaults_and_one_app() {
-    let config = load(None, &[]).unwrap_or_else(|e| panic!("{e}"));
-    let default = Config::default();
-    assert_eq!((config.host.as_str(), config.port), ("0.0.0.0", 6001));
+    let c = load(None, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c, Config::default());
     assert_eq!(
-        config.apps,
+        c.apps,
         vec![AppConfig::new("app-id", "app-key", "app-secret")]
     );
-    assert_eq!(config.apps, default.apps);
-    assert!(config.shards >= 1 && config.shards == default.shards);
     assert_eq!(
-        (config.activity_timeout, config.pong_timeout),
-        (Duration::from_secs(120), Duration::from_secs(30))
+        (c.host.as_str(), c.port, c.debug, c.path_prefix.as_str()),
+        ("0.0.0.0", 6001, false, "")
+    );
+    assert!(c.shards >= 1);
+    assert_eq!(
+        (c.activity_timeout.as_secs(), c.pong_timeout.as_secs()),
+        (120, 30)
     );
     assert_eq!(
-        (config.max_outbound_bytes, config.max_ws_message_bytes),
+        (c.max_outbound_bytes, c.max_ws_message_bytes),
         (1 << 20, 256 << 10)
     );
+    assert_eq!((c.max_http_body_bytes, c.ring_capacity), (100 << 20, 16384));
     assert_eq!(
-        (config.max_http_body_bytes, config.ring_capacity),
-        (100 << 20, 16384)
-    );
-    assert_eq!(
-        (
-            config.metrics_enabled,
-            config.metrics_port,
-            config.metrics_prefix.as_str()
-        ),
+        (c.metrics_enabled, c.metrics_port, c.metrics_prefix.as_str()),
         (false, 9601, "soketi_")
     );
-    assert_eq!(config.shutdown_grace_period, Duration::from_secs(3));
     assert_eq!(
         (
-            config.adapter,
-            config.redis.host.as_str(),
-            config.redis.port
+            c.shutdown_grace_period.as_millis(),
+            c.user_authentication_timeout.as_millis()
         ),
-        (AdapterDriver::Local, "127.0.0.1", 6379)
+        (3000, 30_000)
     );
-    assert!(!config.tls.enabled() && !config.webhooks_batching && !config.debug);
-    let app = &config.apps[0];
+    assert_eq!(
+        (c.adapter, c.redis.host.as_str(), c.redis.port, c.redis.db),
+        (AdapterDriver::Local, "127.0.0.1", 6379, 0)
+    );
+    assert_eq!(
+        (
+            c.redis.requests_timeout.as_millis(),
+            c.webhooks_batching_duration.as_millis()
+        ),
+        (5000, 50)
+    );
+    assert!(!c.tls.enabled() && !c.webhooks_batching);
+    let app = &c.apps[0];
     assert!(app.enabled && !app.enable_client_messages && !app.enable_user_authentication);
     assert_eq!(
-        (app.max_connections, app.max_backend_events_per_sec),
-        (None, None)
+        (
+            app.max_connections,
+            app.max_backend_events_per_sec,
+            app.max_read_req_per_sec
+        ),
+        (None, None, None)
     );
     assert_eq!(
         (
@@ -161,16 +163,16 @@ fn nothing_set_gives_soketi_defaults_and_one_app() {
         (100, 2.0)
     );
     assert_eq!(
-        (
-            app.max_channel_name_length,
-            app.max_event_channels_at_once,
-            app.max_event_name_length
-        ),
-        (200, 100, 200)
+        (app.max_channel_name_length, app.max_event_channels_at_once),
+        (200, 100)
     );
     assert_eq!(
-        (app.max_event_payload_in_kb, app.max_event_batch_size),
-        (100.0, 10)
+        (
+            app.max_event_name_length,
+            app.max_event_payload_in_kb,
+            app.max_event_batch_size
+        ),
+        (200, 100.0, 10)
     );
 }
 
@@ -304,111 +306,41 @@ fn ignored_soketi_options_are_accepted() {
     );
 }
 
+/// A config file (if any), environment pairs, and text the error must contain.
+type ErrorCase = (
+    Option<&'static str>,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
+#[rustfmt::skip]
+const ERROR_CASES: &[ErrorCase] = &[
+    (None, &[("SOKETI_PORT", "http")], "invalid value for SOKETI_PORT: \"http\""),
+    (None, &[("SOKETI_DEBUG", "yes")], "invalid value for SOKETI_DEBUG: \"yes\""),
+    (None, &[("CORECAST_SHARDS", "-2")], "invalid value for CORECAST_SHARDS: \"-2\""),
+    (None, &[("SOKETI_DEFAULT_APP_MAX_CONNS", "-3")], "SOKETI_DEFAULT_APP_MAX_CONNS: \"-3\""),
+    (None, &[("SOKETI_DEFAULT_APP_WEBHOOKS", "[{")], "SOKETI_DEFAULT_APP_WEBHOOKS is not valid JSON"),
+    (None, &[("SOKETI_ADAPTER_DRIVER", "nats")], "SOKETI_ADAPTER_DRIVER: \"nats\" is not supported"),
+    (None, &[("SOKETI_APP_MANAGER_DRIVER", "mysql")], "SOKETI_APP_MANAGER_DRIVER: \"mysql\" is not supported"),
+    (None, &[("SOKETI_MODE", "worker")], "SOKETI_MODE: \"worker\" is not supported"),
+    (None, &[("SOKETI_ADAPTER_REDIS_CLUSTER_MODE", "true")], "SOKETI_ADAPTER_REDIS_CLUSTER_MODE: \"true\" is not"),
+    (None, &[("SOKETI_DB_REDIS_SENTINELS", r#"[{"host":"s"}]"#)], "SOKETI_DB_REDIS_SENTINELS: \"[{"),
+    (None, &[("SOKETI_CHANNEL_MAX_NAME_LENGTH", "5"), ("SOKETI_CHANNEL_LIMITS_MAX_NAME_LENGTH", "6")], "only one of"),
+    (Some(r#"{"prot": 1}"#), &[], "unknown config key \"prot\""),
+    (Some(r#"{"eventLimits": {"maxNameLenght": 1}}"#), &[], "unknown config key \"eventLimits.maxNameLenght\""),
+    (Some(r#"{"port": "6001x"}"#), &[], "invalid value for port: \"6001x\""),
+    (Some(r#"{"metrics.port": -1}"#), &[], "invalid value for metrics.port: -1"),
+    (Some(r#"{"port": 6001,}"#), &[], "the config file is not valid JSON"),
+    (Some("[1]"), &[], "invalid value for the config file: [1]"),
+    (Some(r#"{"appManager.array.apps": []}"#), &[], "at least one app is required"),
+    (Some(r#"{"appManager.array.apps": [1]}"#), &[], "invalid value for appManager.array.apps.0: 1"),
+    (Some(r#"{"appManager.array.apps.5.id": "x"}"#), &[], "invalid value for appManager.array.apps.5.id: 5"),
+    (Some(r#"{"appManager.array.apps": [{"id": "a", "key": "k", "secret": "s", "x": 1}]}"#), &[], "\"appManager.array.apps.0.x\""),
+];
+
 #[test]
 fn errors_name_the_option_and_value() {
-    let cases: &[ErrorCase] = &[
-        (
-            None,
-            &[("SOKETI_PORT", "http")],
-            "invalid value for SOKETI_PORT: \"http\"",
-        ),
-        (
-            None,
-            &[("SOKETI_DEBUG", "yes")],
-            "invalid value for SOKETI_DEBUG: \"yes\"",
-        ),
-        (
-            None,
-            &[("CORECAST_SHARDS", "-2")],
-            "invalid value for CORECAST_SHARDS: \"-2\"",
-        ),
-        (
-            None,
-            &[("SOKETI_DEFAULT_APP_MAX_CONNS", "-3")],
-            "SOKETI_DEFAULT_APP_MAX_CONNS: \"-3\"",
-        ),
-        (
-            None,
-            &[("SOKETI_DEFAULT_APP_WEBHOOKS", "[{")],
-            "SOKETI_DEFAULT_APP_WEBHOOKS is not valid JSON",
-        ),
-        (
-            None,
-            &[("SOKETI_ADAPTER_DRIVER", "nats")],
-            "SOKETI_ADAPTER_DRIVER: \"nats\" is not supported",
-        ),
-        (
-            None,
-            &[("SOKETI_APP_MANAGER_DRIVER", "mysql")],
-            "SOKETI_APP_MANAGER_DRIVER: \"mysql\" is not supported",
-        ),
-        (
-            None,
-            &[("SOKETI_MODE", "worker")],
-            "SOKETI_MODE: \"worker\" is not supported",
-        ),
-        (
-            None,
-            &[("SOKETI_ADAPTER_REDIS_CLUSTER_MODE", "true")],
-            "SOKETI_ADAPTER_REDIS_CLUSTER_MODE",
-        ),
-        (
-            None,
-            &[("SOKETI_DB_REDIS_SENTINELS", r#"[{"host":"s"}]"#)],
-            "SOKETI_DB_REDIS_SENTINELS",
-        ),
-        (
-            None,
-            &[
-                ("SOKETI_CHANNEL_MAX_NAME_LENGTH", "5"),
-                ("SOKETI_CHANNEL_LIMITS_MAX_NAME_LENGTH", "6"),
-            ],
-            "only one of",
-        ),
-        (Some(r#"{"prot": 1}"#), &[], "unknown config key \"prot\""),
-        (
-            Some(r#"{"eventLimits": {"maxNameLenght": 1}}"#),
-            &[],
-            "unknown config key \"eventLimits.maxNameLenght\"",
-        ),
-        (
-            Some(r#"{"port": "6001x"}"#),
-            &[],
-            "invalid value for port: \"6001x\"",
-        ),
-        (
-            Some(r#"{"metrics.port": -1}"#),
-            &[],
-            "invalid value for metrics.port: -1",
-        ),
-        (
-            Some(r#"{"port": 6001,}"#),
-            &[],
-            "the config file is not valid JSON",
-        ),
-        (Some("[1]"), &[], "the config file"),
-        (
-            Some(r#"{"appManager.array.apps": []}"#),
-            &[],
-            "at least one app is required",
-        ),
-        (
-            Some(r#"{"appManager.array.apps": [1]}"#),
-            &[],
-            "appManager.array.apps.0: 1",
-        ),
-        (
-            Some(r#"{"appManager.array.apps.5.id": "x"}"#),
-            &[],
-            "appManager.array.apps.5.id",
-        ),
-        (
-            Some(r#"{"appManager.array.apps": [{"id": "a", "key": "k", "secret": "s", "x": 1}]}"#),
-            &[],
-            "\"appManager.array.apps.0.x\"",
-        ),
-    ];
-    for (file, pairs, needle) in cases {
+    for (file, pairs, needle) in ERROR_CASES {
         let text = error(*file, pairs);
         assert!(text.contains(needle), "{text:?} should contain {needle:?}");
         assert!(!text.contains('\n'), "{text:?} must be one line");
@@ -445,6 +377,15 @@ fn config_argument_takes_both_forms_and_reads_the_file() {
             "{args:?}"
         );
     }
+    std::fs::write(&path, "{").unwrap_or_else(|e| panic!("{e}"));
+    let bad = Config::load(&[format!("--config={path_text}")], &no_env)
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        bad.to_string()
+            .starts_with(&format!("config file {path_text} is not valid JSON")),
+        "{bad}"
+    );
     let _ = std::fs::remove_file(&path);
     let missing = Config::load(&[format!("--config={path_text}")], &no_env)
         .map(|_| ())

@@ -150,9 +150,11 @@ pub(crate) fn non_empty(raw: &Raw, option: &str) -> Result<String, ConfigError> 
     Ok(text)
 }
 
-/// A string, or `None` when unset (`null` or empty), for optional credentials.
+/// A string, or `None` when unset (`null` or empty), for optional credentials. The env text
+/// `null` is unset too: Soketi JSON-parses every variable, so `SOKETI_DB_REDIS_PASSWORD=null`
+/// means no password there.
 pub(crate) fn optional_string(raw: &Raw, option: &str) -> Result<Option<String>, ConfigError> {
-    if raw.is_unset() {
+    if raw.is_unset() || matches!(raw, Raw::Env(text) if text == "null") {
         return Ok(None);
     }
     string(raw, option).map(Some)
@@ -262,6 +264,7 @@ mod tests {
             optional_string(&Raw::Json(Value::Null), "P").ok(),
             Some(None)
         );
+        assert_eq!(optional_string(&env("null"), "P").ok(), Some(None));
     }
 
     #[test]

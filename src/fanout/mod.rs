@@ -26,7 +26,78 @@ pub enum Envelope {
         channel: Arc<str>,
         frame: Bytes,
         except: Option<SocketId>,
+        /// An app event on a cache channel: keep it as the channel's last event.
+        cache: bool,
     },
+    /// To a presence channel's home shard: a socket on shard `from` joins as `user_id`.
+    PresenceJoin {
+        app: AppIdx,
+        channel: Arc<str>,
+        user_id: Arc<str>,
+        /// `user_info` as JSON text.
+        user_info: Arc<str>,
+        from: usize,
+        socket: SocketRef,
+    },
+    /// From the home shard: the join's outcome, a `subscription_succeeded` frame with the
+    /// roster, or the error frame that refuses it.
+    PresenceJoined {
+        app: AppIdx,
+        channel: Arc<str>,
+        user_id: Arc<str>,
+        socket: SocketRef,
+        outcome: Result<Bytes, Bytes>,
+    },
+    /// To the home shard: one socket of `user_id` left the channel.
+    PresenceLeave {
+        app: AppIdx,
+        channel: Arc<str>,
+        user_id: Arc<str>,
+    },
+    /// A scatter-gather read: answer shard `from` with this shard's part.
+    Query {
+        from: usize,
+        id: u64,
+        app: AppIdx,
+        query: Query,
+    },
+    /// This shard's part of query `id`.
+    Reply { id: u64, reply: QueryReply },
+    /// Close every local socket signed in as `user_id` (4009).
+    TerminateUser { app: AppIdx, user_id: Arc<str> },
+}
+
+/// A socket on a given shard: its slab slot and the serial that tells reuse apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketRef {
+    pub key: usize,
+    pub serial: u64,
+    pub socket_id: SocketId,
+}
+
+/// What a REST read asks every shard.
+#[derive(Debug, Clone)]
+pub enum Query {
+    /// Local channels whose names start with the prefix, and rosters this shard is home to.
+    Channels { prefix: Arc<str> },
+    /// One channel's local subscriber count and, on its home shard, its users.
+    Channel { name: Arc<str> },
+}
+
+/// One shard's part of a query.
+#[derive(Debug, Clone, Default)]
+pub struct QueryReply {
+    pub channels: Vec<ChannelPart>,
+}
+
+/// What one shard knows of one channel.
+#[derive(Debug, Clone)]
+pub struct ChannelPart {
+    pub name: Arc<str>,
+    /// Local subscriptions.
+    pub subscriptions: u64,
+    /// The members, when this shard is the channel's home.
+    pub users: Option<Vec<Arc<str>>>,
 }
 
 /// The wake-up side of a shard's inbox, shared with every producer.
@@ -154,6 +225,7 @@ mod tests {
             channel: Arc::from("c"),
             frame: Bytes::from(n.to_string()),
             except: None,
+            cache: false,
         }
     }
 
@@ -171,7 +243,11 @@ mod tests {
         }
         for (_, inbox) in &mut shards {
             let mut seen = Vec::new();
-            inbox.drain(100, |Envelope::Publish { frame, .. }| seen.push(frame));
+            inbox.drain(100, |e| {
+                if let Envelope::Publish { frame, .. } = e {
+                    seen.push(frame);
+                }
+            });
             assert_eq!(seen.len(), 6);
             assert_eq!(
                 &seen[..3],

@@ -9,7 +9,7 @@ use simd_json::prelude::*;
 use super::{Response, error};
 use crate::app::AppIdx;
 use crate::config::AppConfig;
-use crate::protocol::{Data, EventFrame, SocketId, event_frame, validate_channel_name};
+use crate::protocol::{Data, EventFrame, SocketId, event_frame, validate_publish_channel};
 use crate::shard::Shard;
 
 /// One event, checked and ready to publish.
@@ -18,6 +18,8 @@ struct Checked<'a> {
     data: DataText<'a>,
     channels: Vec<&'a str>,
     except: Option<SocketId>,
+    /// Attributes asked for with `info` (`subscription_count`, `user_count`).
+    info: Option<&'a str>,
 }
 
 /// The event's data: a string as the libraries send it, or any other JSON value as text.
@@ -27,22 +29,55 @@ enum DataText<'a> {
 }
 
 /// `POST /apps/{id}/events`.
-pub fn trigger(shard: &Rc<Shard>, app_idx: AppIdx, body: &mut [u8]) -> Response {
+pub async fn trigger(shard: &Rc<Shard>, app_idx: AppIdx, body: &mut [u8]) -> Response {
     let app = shard.apps.get(app_idx);
     let Ok(value) = simd_json::to_borrowed_value(body) else {
         return error(400, "The request body is not valid JSON.");
     };
-    match check_event(app, &value, true) {
-        Ok(event) => {
-            publish(shard, app_idx, &event);
-            Response::json(200, "{}")
-        }
-        Err(resp) => resp,
+    let event = match check_event(app, &value, true) {
+        Ok(event) => event,
+        Err(resp) => return resp,
+    };
+    publish(shard, app_idx, &event);
+    shard.flush_dirty();
+    let Some(info) = event.info else {
+        return Response::json(200, "{}");
+    };
+    let mut channels = serde_json::Map::new();
+    for channel in &event.channels {
+        channels.insert(
+            (*channel).to_owned(),
+            attributes(shard, app_idx, channel, info).await,
+        );
     }
+    Response::json(200, serde_json::json!({ "channels": channels }).to_string())
+}
+
+/// A channel's attributes named in `info`, counted over every shard.
+async fn attributes(
+    shard: &Rc<Shard>,
+    app: AppIdx,
+    channel: &str,
+    info: &str,
+) -> serde_json::Value {
+    let facts = super::channels::facts(shard, app, channel).await;
+    let mut out = serde_json::Map::new();
+    for attr in info.split(',').map(str::trim) {
+        match attr {
+            "subscription_count" => {
+                out.insert(attr.into(), facts.subscriptions.into());
+            }
+            "user_count" if channel.starts_with("presence-") => {
+                out.insert(attr.into(), facts.users.as_ref().map_or(0, Vec::len).into());
+            }
+            _ => {}
+        }
+    }
+    serde_json::Value::Object(out)
 }
 
 /// `POST /apps/{id}/batch_events`.
-pub fn trigger_batch(shard: &Rc<Shard>, app_idx: AppIdx, body: &mut [u8]) -> Response {
+pub async fn trigger_batch(shard: &Rc<Shard>, app_idx: AppIdx, body: &mut [u8]) -> Response {
     let app = shard.apps.get(app_idx);
     let Ok(value) = simd_json::to_borrowed_value(body) else {
         return error(400, "The request body is not valid JSON.");
@@ -67,7 +102,18 @@ pub fn trigger_batch(shard: &Rc<Shard>, app_idx: AppIdx, body: &mut [u8]) -> Res
     for event in &events {
         publish(shard, app_idx, event);
     }
-    Response::json(200, "{}")
+    shard.flush_dirty();
+    if events.iter().all(|e| e.info.is_none()) {
+        return Response::json(200, "{}");
+    }
+    let mut batch = Vec::with_capacity(events.len());
+    for event in &events {
+        batch.push(match (event.info, event.channels.first()) {
+            (Some(info), Some(channel)) => attributes(shard, app_idx, channel, info).await,
+            _ => serde_json::json!({}),
+        });
+    }
+    Response::json(200, serde_json::json!({ "batch": batch }).to_string())
 }
 
 fn publish(shard: &Rc<Shard>, app_idx: AppIdx, event: &Checked<'_>) {
@@ -80,8 +126,9 @@ fn publish(shard: &Rc<Shard>, app_idx: AppIdx, event: &Checked<'_>) {
             event: event.name,
             channel: Some(channel),
             data,
+            user_id: None,
         });
-        shard.publish(app_idx, channel, &frame, event.except);
+        shard.publish(app_idx, channel, &frame, event.except, true);
     }
 }
 
@@ -133,7 +180,7 @@ fn check_event<'a>(
         return Err(error(400, &msg));
     }
     for c in &channels {
-        if let Err(e) = validate_channel_name(c, app.max_channel_name_length) {
+        if let Err(e) = validate_publish_channel(c, app.max_channel_name_length) {
             return Err(error(400, &format!("Invalid channel {c:?}: {e}")));
         }
     }
@@ -164,10 +211,12 @@ fn check_event<'a>(
                 .ok_or_else(|| error(400, "Invalid socket_id."))?,
         ),
     };
+    let info = value.get_str("info").filter(|i| !i.is_empty());
     Ok(Checked {
         name,
         data,
         channels,
         except,
+        info,
     })
 }

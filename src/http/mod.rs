@@ -1,6 +1,7 @@
 //! The HTTP side of the port: health checks and the Pusher REST API, with Pusher's
 //! statuses and Soketi's error body `{"error": "...", "code": N}`.
 
+mod channels;
 mod events;
 
 use std::rc::Rc;
@@ -144,8 +145,8 @@ pub fn body_length(head: &RequestHead, max: usize) -> Result<usize, Response> {
 }
 
 /// Routes one request (not an upgrade) and returns its response. Publishing queues frames
-/// on the shard; the caller flushes them.
-pub fn handle(shard: &Rc<Shard>, head: &RequestHead, body: &mut BytesMut) -> Response {
+/// on the shard and flushes them before any wait.
+pub async fn handle(shard: &Rc<Shard>, head: &RequestHead, body: &mut BytesMut) -> Response {
     let path = head.uri.path();
     match (path, &head.method) {
         ("/" | "/ready", &Method::GET) => return Response::text(200, "OK"),
@@ -174,10 +175,31 @@ pub fn handle(shard: &Rc<Shard>, head: &RequestHead, body: &mut BytesMut) -> Res
     ) {
         return error(401, &e.to_string());
     }
-    match (route, &head.method) {
-        ("events", &Method::POST) => events::trigger(shard, app_idx, body),
-        ("batch_events", &Method::POST) => events::trigger_batch(shard, app_idx, body),
-        ("events" | "batch_events", _) => error(405, "Method not allowed."),
+    let segments: Vec<&str> = route.split('/').collect();
+    let get = head.method == Method::GET;
+    let post = head.method == Method::POST;
+    match segments.as_slice() {
+        ["events"] if post => events::trigger(shard, app_idx, body).await,
+        ["batch_events"] if post => events::trigger_batch(shard, app_idx, body).await,
+        ["channels"] if get => channels::list(shard, app_idx, &query).await,
+        ["channels", name] if get => channels::show(shard, app_idx, &decode(name), &query).await,
+        ["channels", name, "users"] if get => channels::users(shard, app_idx, &decode(name)).await,
+        ["users", user, "terminate_connections"] if post => {
+            shard.terminate_user(app_idx, &decode(user));
+            shard.flush_dirty();
+            Response::json(200, "{}")
+        }
+        ["events" | "batch_events"] | ["channels", ..] | ["users", _, "terminate_connections"] => {
+            error(405, "Method not allowed.")
+        }
         _ => error(404, "Not found."),
     }
+}
+
+/// A path segment with its percent-escapes decoded.
+fn decode(segment: &str) -> String {
+    auth::parse_query(&format!("x={segment}"))
+        .pop()
+        .map(|(_, v)| v)
+        .unwrap_or_default()
 }

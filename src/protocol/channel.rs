@@ -31,6 +31,22 @@ impl ChannelKind {
     }
 }
 
+/// Prefix of the channel a signed-in user's socket listens on for `sendToUser` events.
+pub const USER_CHANNEL_PREFIX: &str = "#server-to-user-";
+
+/// Whether `name` is a cache channel, whose last event is replayed to new subscribers.
+#[must_use]
+pub fn is_cache_channel(name: &str) -> bool {
+    [
+        "cache-",
+        "private-cache-",
+        "private-encrypted-cache-",
+        "presence-cache-",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+}
+
 /// Why a channel name is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChannelNameError {
@@ -43,6 +59,16 @@ pub enum ChannelNameError {
     /// Outside `[A-Za-z0-9_\-=@,.;]`.
     #[error("The channel name contains characters outside [A-Za-z0-9_-=@,.;].")]
     InvalidCharacter,
+}
+
+/// Checks a channel named in a REST publish: Pusher's rules, or a user channel
+/// `#server-to-user-{id}` (what the libraries' `sendToUser` targets).
+pub fn validate_publish_channel(name: &str, max_len: usize) -> Result<(), ChannelNameError> {
+    match name.strip_prefix(USER_CHANNEL_PREFIX) {
+        Some(user) if !user.is_empty() && name.len() <= max_len => Ok(()),
+        Some(_) => Err(ChannelNameError::InvalidCharacter),
+        None => validate_channel_name(name, max_len),
+    }
 }
 
 /// Checks `name` against Pusher's rules: 1 to `max_len` characters of `[A-Za-z0-9_\-=@,.;]`.
@@ -78,6 +104,15 @@ mod tests {
         );
         assert_eq!(ChannelKind::of("presence-room"), ChannelKind::Presence);
         assert!(!ChannelKind::of("cache-x").needs_auth());
+    }
+
+    #[test]
+    fn cache_and_user_channels_are_recognised() {
+        assert!(is_cache_channel("cache-x") && is_cache_channel("presence-cache-x"));
+        assert!(is_cache_channel("private-encrypted-cache-x") && !is_cache_channel("x-cache-"));
+        assert_eq!(validate_publish_channel("#server-to-user-42", 200), Ok(()));
+        assert!(validate_publish_channel("#server-to-user-", 200).is_err());
+        assert!(validate_publish_channel("#other", 200).is_err());
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub struct EventFrame<'a> {
     pub channel: Option<&'a str>,
     /// The `data` field.
     pub data: Data<'a>,
+    /// The sender's user id, on client events in presence channels.
+    pub user_id: Option<&'a str>,
 }
 
 /// How `data` goes on the wire.
@@ -44,6 +46,20 @@ pub fn event_frame(msg: &EventFrame<'_>) -> Bytes {
         Data::Str(s) => push_json_str(&mut buf, s),
         Data::Json(j) => buf.extend_from_slice(j.as_bytes()),
     }
+    if let Some(user_id) = msg.user_id {
+        buf.extend_from_slice(b",\"user_id\":");
+        push_json_str(&mut buf, user_id);
+    }
+    buf.push(b'}');
+    finish(buf)
+}
+
+/// `pusher:cache_miss` for a cache channel with no stored event.
+#[must_use]
+pub fn cache_miss_frame(channel: &str) -> Bytes {
+    let mut buf = start(48 + channel.len());
+    buf.extend_from_slice(b"{\"event\":\"pusher:cache_miss\",\"channel\":");
+    push_json_str(&mut buf, channel);
     buf.push(b'}');
     finish(buf)
 }
@@ -65,6 +81,7 @@ pub fn connection_established(socket_id: SocketId, activity_timeout_secs: u64) -
         event: "pusher:connection_established",
         channel: None,
         data: Data::Str(&data),
+        user_id: None,
     })
 }
 
@@ -76,6 +93,7 @@ pub fn subscription_succeeded(channel: &str, data: &str) -> Bytes {
         event: "pusher_internal:subscription_succeeded",
         channel: Some(channel),
         data: Data::Str(data),
+        user_id: None,
     })
 }
 
@@ -93,6 +111,7 @@ pub fn subscription_error_frame(channel: &str, kind: &str, error: &str, status: 
         event: "pusher:subscription_error",
         channel: Some(channel),
         data: Data::Json(&data),
+        user_id: None,
     })
 }
 
@@ -108,6 +127,7 @@ pub fn error_frame(code: ErrorCode, message: Option<&str>) -> Bytes {
         event: "pusher:error",
         channel: None,
         data: Data::Json(&data),
+        user_id: None,
     })
 }
 
@@ -166,6 +186,7 @@ mod tests {
             event: "my-event",
             channel: Some("chat"),
             data: Data::Str("{\"a\":\"é\n\"}"),
+            user_id: None,
         });
         let v: serde_json::Value = serde_json::from_str(payload(&f)).expect("json");
         assert_eq!(v["event"], "my-event");
@@ -180,6 +201,7 @@ mod tests {
             event: "e",
             channel: Some("c"),
             data: Data::Str(&data),
+            user_id: None,
         });
         assert_eq!(f[1], 127);
         let v: serde_json::Value = serde_json::from_str(payload(&f)).expect("json");
@@ -188,6 +210,7 @@ mod tests {
             event: "e",
             channel: None,
             data: Data::Str(&data[..300]),
+            user_id: None,
         });
         assert_eq!(f[1], 126);
         payload(&f);

@@ -43,7 +43,23 @@ pub struct Conn {
     /// When we sent `pusher:ping` without an answer yet.
     pub ping_sent: Option<Instant>,
     /// Channels this connection is subscribed to, to leave them on disconnect.
-    pub channels: Vec<Arc<str>>,
+    pub channels: Vec<Subscription>,
+    /// The user id after a successful `pusher:signin`.
+    pub user_id: Option<Arc<str>>,
+    /// Signed in or joined a private or presence channel (for user-authentication apps).
+    pub authorized: bool,
+    /// When the connection was established.
+    pub opened_at: Instant,
+    /// Client events in the current one-second window: `(window start, count)`.
+    pub client_events: (Instant, u32),
+}
+
+/// One channel a connection is on.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub channel: Arc<str>,
+    /// On presence channels, the member this socket counts for.
+    pub presence_user: Option<Arc<str>>,
 }
 
 /// What a flush achieved.

@@ -88,7 +88,7 @@ pub(super) async fn handle_connection(shard: Rc<Shard>, stream: TcpStream) {
             }
         }
         let mut body = buf.split_to(len);
-        let resp = http::handle(&shard, &head, &mut body);
+        let resp = http::handle(&shard, &head, &mut body).await;
         shard.flush_dirty();
         if respond(&stream, &resp, keep_alive).await.is_err() || !keep_alive {
             return;
@@ -164,6 +164,10 @@ async fn upgrade(shard: Rc<Shard>, stream: TcpStream, head: RequestHead) {
         last_seen: now,
         ping_sent: None,
         channels: Vec::new(),
+        user_id: None,
+        authorized: false,
+        opened_at: now,
+        client_events: (now, 0),
     });
     Stats::add(&shard.stats.connections_opened, 1);
     let timeout = shard.config.activity_timeout.as_secs();

@@ -7,25 +7,33 @@
 
 mod conn;
 mod driver;
+mod home;
 mod publish;
+mod query;
 mod session;
+mod subscribe;
 mod sweep;
+mod users;
 
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use ahash::AHashMap;
+use bytes::Bytes;
 use slab::Slab;
 
-pub use conn::{Conn, Flushed, Outbound};
+pub use conn::{Conn, Flushed, Outbound, Subscription};
+pub use query::ChannelFacts;
 
-use crate::app::AppTable;
+use crate::app::{AppIdx, AppTable};
 use crate::config::Config;
 use crate::fanout::{Inbox, Outbox};
 use crate::protocol::SocketId;
+use crate::registry::presence::Rosters;
 use crate::registry::{ConnKey, Registry};
 
 /// Size of the per-shard read buffer every connection reads into in turn.
@@ -45,6 +53,14 @@ pub struct Shard {
     pub conns: RefCell<Slab<Conn>>,
     /// Local channel subscriptions.
     pub registry: RefCell<Registry>,
+    /// Presence rosters of the channels this shard is home to.
+    pub rosters: RefCell<Rosters>,
+    /// Last event of each cache channel, with when it was published.
+    pub cache: RefCell<AHashMap<(AppIdx, Arc<str>), CachedEvent>>,
+    /// `member_added` frames to publish once the join reply is on its way.
+    pending_announcements: RefCell<Vec<Announcement>>,
+    /// Scatter-gather reads waiting for other shards' replies.
+    queries: RefCell<AHashMap<u64, query::Pending>>,
     /// Rings towards the other shards.
     pub outbox: RefCell<Outbox>,
     /// Connections with queued frames not yet handed to the kernel.
@@ -57,6 +73,12 @@ pub struct Shard {
     pub stats: Stats,
 }
 
+/// A cache channel's last event and when it was published.
+pub type CachedEvent = (Bytes, Instant);
+
+/// A `member_added` waiting to be published: app, channel, frame, the joining socket.
+type Announcement = (AppIdx, Arc<str>, Bytes, Option<SocketId>);
+
 /// Shard-local counters (no atomics: only this thread writes them).
 #[derive(Default, Debug)]
 pub struct Stats {
@@ -67,6 +89,7 @@ pub struct Stats {
     pub slow_reader_disconnects: Cell<u64>,
     pub fanout_dropped: Cell<u64>,
     pub protocol_errors: Cell<u64>,
+    pub client_events_rejected: Cell<u64>,
     pub http_requests: Cell<u64>,
 }
 
@@ -96,6 +119,10 @@ pub fn spawn(
                 shards: config.shards,
                 node,
                 registry: RefCell::new(Registry::new(apps.len())),
+                rosters: RefCell::new(Rosters::new(apps.len())),
+                cache: RefCell::new(AHashMap::new()),
+                queries: RefCell::new(AHashMap::new()),
+                pending_announcements: RefCell::new(Vec::new()),
                 config,
                 apps,
                 conns: RefCell::new(Slab::new()),
@@ -201,6 +228,17 @@ impl Shard {
                 local,
             },
         )
+    }
+
+    /// The shard that keeps `channel`'s roster and answers for it: FNV-1a of app and name.
+    #[must_use]
+    pub fn home_of(&self, app: AppIdx, channel: &str) -> usize {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in app.0.to_le_bytes().iter().chain(channel.as_bytes()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        (h % self.shards as u64) as usize
     }
 
     /// Takes the shared read buffer; give it back with `put_scratch` before any await.

@@ -11,7 +11,7 @@ use super::conn::{self, Flushed};
 use super::{Shard, Stats};
 use crate::app::AppIdx;
 use crate::fanout::{Envelope, Inbox};
-use crate::protocol::{ErrorCode, SocketId, error_frame};
+use crate::protocol::{ErrorCode, SocketId, error_frame, is_cache_channel};
 use crate::registry::ConnKey;
 use crate::ws::close_frame;
 
@@ -21,8 +21,20 @@ const DRAIN_BATCH: usize = 256;
 impl Shard {
     /// Publishes `frame` on `channel` to subscribers on every shard except `except`.
     /// Local sockets are queued now; call [`Shard::flush_dirty`] when the batch is done.
-    pub fn publish(&self, app: AppIdx, channel: &str, frame: &Bytes, except: Option<SocketId>) {
+    /// `cache`: an app event, kept as the channel's last event on cache channels.
+    pub fn publish(
+        &self,
+        app: AppIdx,
+        channel: &str,
+        frame: &Bytes,
+        except: Option<SocketId>,
+        cache: bool,
+    ) {
         self.deliver_local(app, channel, frame, except);
+        let cache = cache && is_cache_channel(channel);
+        if cache {
+            self.remember(app, channel, frame);
+        }
         if self.shards < 2 {
             return;
         }
@@ -35,11 +47,26 @@ impl Shard {
                 channel: Arc::clone(&channel),
                 frame: frame.clone(),
                 except,
+                cache,
             };
             if outbox.push(to, envelope).is_err() {
                 Stats::add(&self.stats.fanout_dropped, 1);
             }
         }
+    }
+
+    /// Sends `envelope` to shard `to`, counting it when the ring is full.
+    pub fn send_envelope(&self, to: usize, envelope: Envelope) {
+        if self.outbox.borrow_mut().push(to, envelope).is_err() {
+            Stats::add(&self.stats.fanout_dropped, 1);
+        }
+    }
+
+    /// Keeps `frame` as the last event of a cache channel.
+    pub fn remember(&self, app: AppIdx, channel: &str, frame: &Bytes) {
+        self.cache
+            .borrow_mut()
+            .insert((app, Arc::from(channel)), (frame.clone(), Instant::now()));
     }
 
     /// Queues `frame` on each local subscriber of `channel`.
@@ -173,19 +200,6 @@ impl Shard {
         let mut dirty = self.dirty.borrow_mut();
         if dirty.is_empty() {
             *dirty = keys;
-        }
-    }
-
-    fn handle_envelope(&self, envelope: Envelope) {
-        match envelope {
-            Envelope::Publish {
-                app,
-                channel,
-                frame,
-                except,
-            } => {
-                self.deliver_local(app, &channel, &frame, except);
-            }
         }
     }
 }

@@ -1,12 +1,13 @@
 //! The once-a-second sweep: pings silent connections, closes those that do not answer
-//! (4201), and forces shut the closes a client never completed. One timer per shard
+//! (4201), closes sockets that must sign in and did not (4009), forces shut the closes a
+//! client never completed, and expires cache-channel events. One timer per shard
 //! instead of one per connection keeps idle connections cheap.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::{Shard, conn};
-use crate::protocol::{ErrorCode, ping_frame};
+use crate::protocol::{ErrorCode, error_frame, ping_frame};
 use crate::registry::ConnKey;
 
 /// How long a close handshake may take before the socket is shut regardless.
@@ -17,6 +18,7 @@ enum Due {
     Ping(ConnKey),
     PongMissing(ConnKey),
     ForceShut(std::os::fd::RawFd),
+    Unauthenticated(ConnKey),
 }
 
 pub(super) async fn sweep_loop(shard: Rc<Shard>) {
@@ -30,12 +32,16 @@ pub(super) async fn sweep_loop(shard: Rc<Shard>) {
 fn sweep_once(shard: &Rc<Shard>, now: Instant) {
     let activity = shard.config.activity_timeout;
     let pong = shard.config.pong_timeout;
+    let signin = shard.config.user_authentication_timeout;
     let mut due = Vec::new();
     for (key, c) in shard.conns.borrow().iter() {
+        let must_sign_in = shard.apps.get(c.app).enable_user_authentication && !c.authorized;
         if let Some(since) = c.closing {
             if now.duration_since(since) > CLOSE_GRACE {
                 due.push(Due::ForceShut(std::os::fd::AsRawFd::as_raw_fd(&*c.stream)));
             }
+        } else if must_sign_in && now.duration_since(c.opened_at) > signin {
+            due.push(Due::Unauthenticated(key));
         } else if let Some(sent) = c.ping_sent {
             if now.duration_since(sent) > pong {
                 due.push(Due::PongMissing(key));
@@ -57,7 +63,14 @@ fn sweep_once(shard: &Rc<Shard>, now: Instant) {
                 shard.begin_close(key, code.code(), Some(code));
             }
             Due::ForceShut(fd) => conn::shutdown(fd, libc::SHUT_RDWR),
+            Due::Unauthenticated(key) => {
+                let code = ErrorCode::Unauthorized;
+                let msg = "The connection did not sign in or join a private channel in time.";
+                shard.send_to(key, error_frame(code, Some(msg)));
+                shard.begin_close(key, code.code(), None);
+            }
         }
     }
+    shard.expire_cache(now);
     shard.flush_dirty();
 }

@@ -144,13 +144,17 @@ describe('slow reader', { timeout: 120_000 }, () => {
     await server?.stop();
   });
 
-  test('slow_reader_is_disconnected_while_a_normal_subscriber_gets_every_event', { timeout: 100_000 }, async () => {
+  test('slow_reader_is_disconnected_while_a_normal_subscriber_gets_every_event', { timeout: 100_000 }, async (t) => {
     // A normal pusher-js subscriber that counts and checks every event.
     const normal = resources.add(pusherClient(server.port));
     await connected(normal);
     const channel = await subscribe(normal, CHANNEL);
     const seen = [];
     channel.bind('blob', (data) => seen.push(data));
+    // Anything but staying connected is a failure; keep what happened for the message.
+    const normalHistory = [];
+    normal.connection.bind('state_change', (s) => normalHistory.push(`${s.previous}->${s.current}`));
+    normal.connection.bind('error', (e) => normalHistory.push(`error ${JSON.stringify(e?.error?.data ?? e?.data ?? e?.type ?? null)}`));
 
     // The slow reader: upgrade, subscribe, then stop reading.
     const slow = rawTcpWebSocket(server.port, `/app/${APP.key}?protocol=7&client=js&version=8.6.0`);
@@ -163,10 +167,17 @@ describe('slow reader', { timeout: 120_000 }, () => {
     const filler = randomBytes(EVENT_BYTES).toString('base64').slice(0, EVENT_BYTES);
     let published = 0;
     let droppedAt = null;
+    // Lockstep: the next event goes out once the normal subscriber has the previous one, so
+    // it never has more than one event in flight however busy the machine is, while the
+    // slow reader's backlog keeps growing. A server that stalls everybody behind the slow
+    // reader fails here too.
     const publish = async () => {
       const res = await rest.trigger(CHANNEL, 'blob', { seq: published, filler });
       assert.equal(res.status, 200);
       published += 1;
+      await waitFor(() => seen.length >= published, 10_000, `normal subscriber to receive event ${published - 1}`, 1).catch((err) => {
+        throw new Error(`${err.message}: got ${seen.length}; normal client history: ${normalHistory.join(', ') || 'none'}`);
+      });
     };
 
     while (published < MAX_EVENTS && droppedAt === null) {
@@ -194,7 +205,7 @@ describe('slow reader', { timeout: 120_000 }, () => {
     for (let i = 0; i < EVENTS_AFTER_DROP; i++) await publish();
 
     await waitFor(() => seen.length >= published, 30_000, `normal subscriber to receive all ${published} events`).catch((err) => {
-      throw new Error(`${err.message}: got ${seen.length}`);
+      throw new Error(`${err.message}: got ${seen.length}; slow reader cut off after ${droppedAt}; normal client history: ${normalHistory.join(', ') || 'none'}`);
     });
     assert.equal(seen.length, published, 'normal subscriber got duplicates');
     seen.forEach((data, i) => {
@@ -202,12 +213,14 @@ describe('slow reader', { timeout: 120_000 }, () => {
       assert.equal(data.filler.length, EVENT_BYTES);
     });
     assert.equal(normal.connection.state, 'connected');
+    assert.deepEqual(normalHistory, [], 'the normal subscriber was disconnected or saw errors');
 
     // Reading what the slow socket had buffered must not yield everything: it was cut off.
     slow.state.sock.resume();
     await slow.until((s) => s.closed, 10_000, 'slow socket to finish closing');
     const slowEvents = slow.state.texts.filter((m) => m.event === 'blob').length;
     assert.ok(slowEvents < published, `slow reader received all ${published} events; it was never cut off`);
+    t.diagnostic(`slow reader cut off after ${droppedAt} events of ${EVENT_BYTES} bytes; it had received ${slowEvents}; close code ${slow.state.closeCode}, error ${slow.state.error?.code}`);
 
     const ready = await fetch(`http://127.0.0.1:${server.port}/ready`, { signal: AbortSignal.timeout(5_000) });
     assert.equal(ready.status, 200);

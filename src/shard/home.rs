@@ -1,0 +1,168 @@
+//! What a shard does with envelopes from other shards, and the home-shard side of
+//! presence: the roster of each channel lives on one shard, which decides
+//! `member_added` / `member_removed` so they fire once per user, in order.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::Shard;
+use crate::app::AppIdx;
+use crate::fanout::{Envelope, SocketRef};
+use crate::protocol::{
+    Data, EventFrame, event_frame, subscription_error_frame, subscription_succeeded,
+};
+use crate::registry::presence::Joined;
+
+impl Shard {
+    /// Acts on one envelope from another shard.
+    pub(super) fn handle_envelope(&self, envelope: Envelope) {
+        match envelope {
+            Envelope::Publish {
+                app,
+                channel,
+                frame,
+                except,
+                cache,
+            } => {
+                self.deliver_local(app, &channel, &frame, except);
+                if cache {
+                    self.remember(app, &channel, &frame);
+                }
+            }
+            Envelope::PresenceJoin {
+                app,
+                channel,
+                user_id,
+                user_info,
+                from,
+                socket,
+            } => {
+                let outcome = self.home_join(app, &channel, &user_id, &user_info, socket);
+                let reply = Envelope::PresenceJoined {
+                    app,
+                    channel,
+                    user_id,
+                    socket,
+                    outcome,
+                };
+                self.send_envelope(from, reply);
+                self.announce_pending();
+            }
+            Envelope::PresenceJoined {
+                app,
+                channel,
+                user_id,
+                socket,
+                outcome,
+            } => {
+                self.presence_joined(app, &channel, &user_id, socket, outcome);
+            }
+            Envelope::PresenceLeave {
+                app,
+                channel,
+                user_id,
+            } => {
+                self.home_leave(app, &channel, &user_id);
+            }
+            Envelope::Query {
+                from,
+                id,
+                app,
+                query,
+            } => {
+                let reply = self.answer(app, &query);
+                self.send_envelope(from, Envelope::Reply { id, reply });
+            }
+            Envelope::Reply { id, reply } => self.on_reply(id, reply),
+            Envelope::TerminateUser { app, user_id } => self.terminate_local(app, &user_id),
+        }
+    }
+
+    /// Home side of a join: updates the roster and returns the frame for the joining
+    /// socket. A new member's `member_added` is queued to go out after the reply, so the
+    /// joining shard registers its socket before the announcement reaches it.
+    pub(super) fn home_join(
+        &self,
+        app: AppIdx,
+        channel: &str,
+        user_id: &str,
+        user_info: &str,
+        socket: SocketRef,
+    ) -> Result<Bytes, Bytes> {
+        let max = self.apps.get(app).max_presence_members_per_channel as usize;
+        let mut rosters = self.rosters.borrow_mut();
+        let roster = rosters.entry(app, channel);
+        match roster.join(user_id, user_info, max) {
+            Joined::Full => {
+                drop(rosters);
+                self.rosters.borrow_mut().prune(app, channel);
+                let error =
+                    format!("The maximum of {max} members on this presence channel is reached.");
+                Err(subscription_error_frame(
+                    channel,
+                    "LimitReached",
+                    &error,
+                    4100,
+                ))
+            }
+            joined => {
+                let data = roster.subscription_data();
+                if joined == Joined::NewMember {
+                    let mut member = Vec::with_capacity(32 + user_info.len());
+                    member.extend_from_slice(b"{\"user_id\":");
+                    let _ = serde_json::to_writer(&mut member, user_id);
+                    member.extend_from_slice(b",\"user_info\":");
+                    member.extend_from_slice(user_info.as_bytes());
+                    member.push(b'}');
+                    let member = String::from_utf8_lossy(&member);
+                    let frame = event_frame(&EventFrame {
+                        event: "pusher_internal:member_added",
+                        channel: Some(channel),
+                        data: Data::Str(&member),
+                        user_id: None,
+                    });
+                    self.pending_announcements.borrow_mut().push((
+                        app,
+                        Arc::from(channel),
+                        frame,
+                        Some(socket.socket_id),
+                    ));
+                }
+                Ok(subscription_succeeded(channel, &data))
+            }
+        }
+    }
+
+    /// Home side of a leave: announces `member_removed` when the user's last socket went.
+    pub(super) fn home_leave(&self, app: AppIdx, channel: &str, user_id: &str) {
+        let removed = {
+            let mut rosters = self.rosters.borrow_mut();
+            let removed = rosters.entry(app, channel).leave(user_id);
+            rosters.prune(app, channel);
+            removed
+        };
+        if removed {
+            let mut data = Vec::with_capacity(24 + user_id.len());
+            data.extend_from_slice(b"{\"user_id\":");
+            let _ = serde_json::to_writer(&mut data, user_id);
+            data.push(b'}');
+            let data = String::from_utf8_lossy(&data);
+            let frame = event_frame(&EventFrame {
+                event: "pusher_internal:member_removed",
+                channel: Some(channel),
+                data: Data::Str(&data),
+                user_id: None,
+            });
+            self.publish(app, channel, &frame, None, false);
+        }
+    }
+
+    /// Sends the `member_added` announcements queued by joins.
+    pub(super) fn announce_pending(&self) {
+        let pending = std::mem::take(&mut *self.pending_announcements.borrow_mut());
+        for (app, channel, frame, except) in pending {
+            self.publish(app, &channel, &frame, except, false);
+        }
+    }
+}
