@@ -34,6 +34,7 @@ pub fn start(config: Config) -> io::Result<Server> {
     let apps = Arc::new(AppTable::new(config.apps.clone()));
     let node = node_id();
     let (tx, rx) = std::sync::mpsc::channel();
+    let all_bound = Arc::new(std::sync::Barrier::new(shards));
     let mut threads = Vec::with_capacity(shards);
     for (id, links) in fanout::mesh(shards, config.ring_capacity)
         .into_iter()
@@ -45,7 +46,7 @@ pub fn start(config: Config) -> io::Result<Server> {
             Arc::clone(&apps),
             links,
             node,
-            tx.clone(),
+            shard::Startup { ready: tx.clone(), all_bound: Arc::clone(&all_bound) },
         )?);
     }
     drop(tx);

@@ -100,6 +100,13 @@ impl Stats {
     }
 }
 
+/// How a shard reports its start: its bound address (or why it could not bind), and a
+/// barrier every shard passes once all have bound.
+pub struct Startup {
+    pub ready: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
+    pub all_bound: Arc<std::sync::Barrier>,
+}
+
 /// Starts shard `id` on its own thread and returns its handle.
 pub fn spawn(
     id: usize,
@@ -107,7 +114,7 @@ pub fn spawn(
     apps: Arc<AppTable>,
     links: (Outbox, Inbox),
     node: u32,
-    ready: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
+    startup: Startup,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("corecast-shard-{id}"))
@@ -132,7 +139,7 @@ pub fn spawn(
                 next_serial: Cell::new(0),
                 stats: Stats::default(),
             });
-            run_runtime(id, move || serve(shard, inbox, ready));
+            run_runtime(id, move || serve(shard, inbox, startup));
         })
 }
 
@@ -177,11 +184,7 @@ fn pin_to_core(id: usize) {
 }
 
 /// The shard's main task: bind, then accept forever while the helpers run.
-async fn serve(
-    shard: Rc<Shard>,
-    inbox: Inbox,
-    ready: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
-) {
+async fn serve(shard: Rc<Shard>, inbox: Inbox, startup: Startup) {
     let addr = format!("{}:{}", shard.config.host, shard.config.port);
     let opts = monoio::net::ListenerOpts::new()
         .reuse_port(true)
@@ -190,14 +193,16 @@ async fn serve(
     let listener = match monoio::net::TcpListener::bind_with_config(&addr, &opts) {
         Ok(l) => l,
         Err(e) => {
-            let _ = ready.send(Err(io::Error::new(
-                e.kind(),
-                format!("cannot listen on {addr}: {e}"),
-            )));
+            let e = io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
+            let _ = startup.ready.send(Err(e));
+            startup.all_bound.wait();
             return;
         }
     };
-    let _ = ready.send(listener.local_addr());
+    let _ = startup.ready.send(listener.local_addr());
+    // Accept only once every shard has bound, so the kernel spreads the very first
+    // connections over all of them.
+    startup.all_bound.wait();
     monoio::spawn(publish::inbox_loop(Rc::clone(&shard), inbox));
     monoio::spawn(sweep::sweep_loop(Rc::clone(&shard)));
     loop {
