@@ -9,6 +9,16 @@ step() {
   printf '\n==== %s ====\n' "$*"
 }
 
+# ---- tools --------------------------------------------------------------------
+step "tools"
+for tool in cargo node npm; do
+  command -v "$tool" >/dev/null || { echo "tests/run.sh: '$tool' is not installed" >&2; exit 1; }
+done
+node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' \
+  || { echo "tests/run.sh: Node.js 20 or newer is required, found $(node --version)" >&2; exit 1; }
+cargo --version
+node --version
+
 # ---- system services --------------------------------------------------------
 # Services the suites need are installed and started here, e.g. redis for the
 # redis adapter tests (apt-get install -y redis-server when it is missing).
