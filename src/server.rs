@@ -46,7 +46,10 @@ pub fn start(config: Config) -> io::Result<Server> {
             Arc::clone(&apps),
             links,
             node,
-            shard::Startup { ready: tx.clone(), all_bound: Arc::clone(&all_bound) },
+            shard::Startup {
+                ready: tx.clone(),
+                all_bound: Arc::clone(&all_bound),
+            },
         )?);
     }
     drop(tx);

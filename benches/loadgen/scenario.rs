@@ -54,6 +54,8 @@ fn plan(args: &Args, read: bool) -> Plan {
 
 /// Client threads after their connect phase.
 struct Clients {
+    /// Dropping `Clients` sets `stop`, so an early return never leaves threads behind.
+    shared: Arc<Shared>,
     rx: Receiver<Msg>,
     threads: usize,
     opened: usize,
@@ -108,6 +110,7 @@ fn connect_all(args: &Args, shared: &Arc<Shared>, read: bool) -> Result<Clients,
         elapsed.as_secs_f64()
     );
     Ok(Clients {
+        shared: shared.clone(),
         rx,
         threads: args.client_threads,
         opened,
@@ -116,10 +119,16 @@ fn connect_all(args: &Args, shared: &Arc<Shared>, read: bool) -> Result<Clients,
     })
 }
 
+impl Drop for Clients {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Clients {
     /// Stops the threads (they close their sockets) and collects their reports.
-    fn finish(&self, shared: &Shared, notes: &mut Vec<String>) -> Vec<ThreadReport> {
-        shared.stop.store(true, Ordering::Relaxed);
+    fn finish(&self, notes: &mut Vec<String>) -> Vec<ThreadReport> {
+        self.shared.stop.store(true, Ordering::Relaxed);
         let deadline = Instant::now() + FINISH_TIMEOUT;
         let mut reports = Vec::new();
         while reports.len() < self.threads {
@@ -255,7 +264,7 @@ fn delivery(args: &Args, server: &mut Server) -> Result<RunResult, String> {
     let publishing = pub_rx.recv_timeout(Duration::from_secs(20));
     std::thread::sleep(args.drain);
     let crashed = server_gone(server);
-    let reports = clients.finish(&shared, &mut r.notes);
+    let reports = clients.finish(&mut r.notes);
     crashed?;
     let publishing = publishing.map_err(|_| "the publisher did not finish".to_string())?;
 
@@ -354,6 +363,8 @@ fn delivery(args: &Args, server: &mut Server) -> Result<RunResult, String> {
     r.put("server_pings", pings as f64);
     r.put("other_messages", other as f64);
     r.put("server_cpu_s", server_cpu);
+    r.put("server_cpu_user_s", b.user_s - a.user_s);
+    r.put("server_cpu_sys_s", b.sys_s - a.sys_s);
     r.put("server_cpu_pct", server_cpu / secs * 100.0);
     r.put("server_cpu_us_per_delivery", per(server_cpu * 1e6, window));
     r.put("server_cpu_clock_s", b.cpu_clock_s - a.cpu_clock_s);
@@ -382,7 +393,7 @@ fn memory(args: &Args, server: &mut Server) -> Result<RunResult, String> {
     server_gone(server)?;
     let after = server.sample()?;
     let (opened, failed, elapsed) = (clients.opened, clients.failed, clients.elapsed);
-    let reports = clients.finish(&shared, &mut r.notes);
+    let reports = clients.finish(&mut r.notes);
     let growth = after.rss_bytes as f64 - before.rss_bytes as f64;
     r.put("connections", opened as f64);
     r.put("connections_failed", failed as f64);
@@ -415,7 +426,7 @@ fn connect(args: &Args, server: &mut Server) -> Result<RunResult, String> {
     let (after, self_b) = (snap_b.server, snap_b.self_cpu_s);
     server_gone(server)?;
     let (opened, failed, elapsed) = (clients.opened, clients.failed, clients.elapsed);
-    let reports = clients.finish(&shared, &mut r.notes);
+    let reports = clients.finish(&mut r.notes);
     let cpu = after.cpu_s - before.cpu_s;
     r.put("connections", opened as f64);
     r.put("connections_failed", failed as f64);
@@ -425,6 +436,8 @@ fn connect(args: &Args, server: &mut Server) -> Result<RunResult, String> {
         opened as f64 / elapsed.as_secs_f64().max(1e-9),
     );
     r.put("server_cpu_s", cpu);
+    r.put("server_cpu_user_s", after.user_s - before.user_s);
+    r.put("server_cpu_sys_s", after.sys_s - before.sys_s);
     r.put(
         "server_cpu_us_per_connection",
         per(cpu * 1e6, opened as u64),

@@ -27,6 +27,10 @@ pub struct Server {
 pub struct Sample {
     /// utime + stime from `/proc/PID/stat`, in clock ticks (10 ms) turned to seconds.
     pub cpu_s: f64,
+    /// The two parts of `cpu_s`: user space, and kernel (on loopback the kernel
+    /// part includes the receiving side's TCP work, done in the sender's context).
+    pub user_s: f64,
+    pub sys_s: f64,
     /// The same from the process CPU clock (`clock_getcpuclockid`): nanosecond
     /// resolution, for short phases where ticks are too coarse. NaN if unavailable.
     pub cpu_clock_s: f64,
@@ -202,6 +206,8 @@ pub fn proc_sample(pid: i32) -> Result<Sample, String> {
         .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))?;
     Ok(Sample {
         cpu_s: (utime + stime) as f64 / hz,
+        user_s: utime as f64 / hz,
+        sys_s: stime as f64 / hz,
         cpu_clock_s: cpu_clock_s(pid),
         rss_bytes: rss_kb * 1024,
     })

@@ -140,6 +140,13 @@ impl Rosters {
         self.apps[app.0 as usize].get(channel)
     }
 
+    /// Every roster of `app` with its channel name.
+    pub fn channels(&self, app: AppIdx) -> impl Iterator<Item = (&str, &Roster)> {
+        self.apps[app.0 as usize]
+            .iter()
+            .map(|(name, r)| (&**name, r))
+    }
+
     /// Drops the roster of `channel` once empty.
     pub fn prune(&mut self, app: AppIdx, channel: &str) {
         let map = &mut self.apps[app.0 as usize];

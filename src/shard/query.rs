@@ -119,6 +119,16 @@ impl Shard {
                         });
                     }
                 }
+                // Rosters this shard keeps for channels it has no local subscriber on.
+                for (name, roster) in rosters.channels(app) {
+                    if name.starts_with(&**prefix) && registry.subscribers(app, name).is_none() {
+                        channels.push(ChannelPart {
+                            name: Arc::from(name),
+                            subscriptions: 0,
+                            users: Some(roster.ids().map(Arc::from).collect()),
+                        });
+                    }
+                }
             }
             Query::Channel { name } => {
                 let subs = registry

@@ -13,6 +13,7 @@ import {
   connectedAuthed,
   messagesAfter,
   nextError,
+  once,
   pingPong,
   rawSocket,
   rawSubscribeSigned,
@@ -89,6 +90,20 @@ describe('client events enabled, over 2 shards', { timeout: 60_000 }, () => {
     assert.equal(got.length, receivers.length);
     for (const g of got) assert.deepEqual(g, { data: { t: 1 }, metadata: { user_id: 'typist' } });
     assert.deepEqual(raws, [{ event: 'client-typing', channel: 'presence-typing', data: { t: 1 }, user_id: 'typist' }]);
+  });
+
+  test('presence_client_event_reaches_the_senders_other_sockets_too', { timeout: 15_000 }, async () => {
+    // "Every other subscriber" means every other connection, including the same user's.
+    const first = await client({ member: { user_id: 'twin', user_info: {} } });
+    const second = await client({ member: { user_id: 'twin', user_info: {} } });
+    const chFirst = await subscribe(first, 'presence-twins');
+    const chSecond = await subscribe(second, 'presence-twins');
+    const log = recordMessages(first);
+    const got = once(chSecond, 'client-wave');
+    chFirst.trigger('client-wave', { from: 'first' });
+    assert.deepEqual(await got, { from: 'first' });
+    await sleep(SETTLE_MS);
+    assert.deepEqual(log, [], 'the sending socket got its own event');
   });
 
   test('client_event_on_a_public_channel_is_refused_with_4301', async () => {

@@ -144,6 +144,35 @@ describe('encrypted and cache channels over 2 shards', { timeout: 60_000 }, () =
     assert.equal(late.messages.filter((m) => m.event === 'score').length, 1, 'the late subscriber got more than the last event');
   });
 
+  test('cached_event_outlives_the_last_subscriber_leaving', { timeout: 15_000 }, async () => {
+    const channel = 'cache-durable';
+    const first = await raw();
+    await rawSubscribeSigned(first, channel);
+    await rest.trigger(channel, 'state', { s: 'kept' });
+    await first.nextEvent('state', channel);
+    first.terminate();
+    await withTimeout(first.closed, 5_000, 'first subscriber gone');
+    // A publish-free pause: the channel is vacant now.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const later = await raw();
+    await rawSubscribeSigned(later, channel);
+    const cached = await later.nextEvent('state', channel);
+    assert.equal(cached.data, '{"s":"kept"}');
+  });
+
+  test('cache_channel_event_excluded_by_socket_id_is_still_cached', { timeout: 15_000 }, async () => {
+    const channel = 'cache-excluded';
+    const publisher = await raw();
+    await rawSubscribeSigned(publisher, channel);
+    await rest.trigger(channel, 'tick', { n: 1 }, { socket_id: publisher.socketId });
+    const later = await raw();
+    await rawSubscribeSigned(later, channel);
+    const cached = await later.nextEvent('tick', channel);
+    assert.equal(cached.data, '{"n":1}');
+    await pingPong(publisher);
+    assert.deepEqual(publisher.messages.filter((m) => m.event === 'tick'), [], 'the excluded socket got the event');
+  });
+
   test('pusher_js_emits_cache_miss_on_the_channel', async () => {
     const c = resources.add(await connectedAuthed(server.port));
     const channel = c.subscribe('cache-js-miss');

@@ -172,6 +172,54 @@ describe('presence channels over 2 shards', { timeout: 60_000 }, () => {
     }
   });
 
+  test('abruptly_dropped_socket_is_removed_from_the_roster', { timeout: 15_000 }, async () => {
+    const stayer = await client('stayer');
+    const ch = await subscribe(stayer, 'presence-drop');
+    const dropper = resources.add(await rawSocket(server.port), (c) => c.terminate());
+    await rawSubscribeSigned(dropper, 'presence-drop', member('dropper'));
+    await waitFor(() => ch.members.count === 2, 5_000, 'dropper to be added');
+    const removed = once(ch, 'pusher:member_removed');
+    dropper.terminate(); // TCP gone without a close frame
+    assert.deepEqual(await removed, { id: 'dropper', info: info('dropper') });
+    assert.equal(ch.members.count, 1);
+  });
+
+  test('concurrent_joins_over_both_shards_converge_to_one_roster', { timeout: 30_000 }, async () => {
+    const name = 'presence-stampede';
+    const clients = [];
+    for (let i = 0; i < 12; i++) clients.push(await client(`s-${i}`));
+    const channels = clients.map((c) => c.subscribe(name));
+    const watches = channels.map((ch) => watchMembers(ch));
+    await Promise.all(channels.map((ch) => (ch.subscribed ? null : once(ch, 'pusher:subscription_succeeded', 10_000))));
+    const expected = Object.fromEntries(clients.map((_, i) => [`s-${i}`, info(`s-${i}`)]));
+    await waitFor(() => channels.every((ch) => ch.members.count === 12), 5_000, 'every roster to reach 12').catch((err) => {
+      throw new Error(`${err.message}: counts ${channels.map((ch) => ch.members.count).join(',')}`);
+    });
+    await sleep(SETTLE_MS);
+    channels.forEach((ch, i) => {
+      assert.deepEqual(roster(ch), expected, `roster of s-${i}`);
+      assert.equal(ch.members.count, 12, `count of s-${i}`);
+      // Nobody is announced twice, and nobody hears about itself.
+      const ids = watches[i].added.map((m) => m.id);
+      assert.equal(new Set(ids).size, ids.length, `s-${i} saw duplicate member_added: ${ids}`);
+      assert.ok(!ids.includes(`s-${i}`), `s-${i} was told it joined`);
+    });
+  });
+
+  test('leave_and_rejoin_on_the_same_socket_is_removed_then_added', { timeout: 15_000 }, async () => {
+    const watcher = await subscribe(await client('eye'), 'presence-rejoin');
+    const watch = watchMembers(watcher);
+    const c = await client('bouncer');
+    await subscribe(c, 'presence-rejoin');
+    c.unsubscribe('presence-rejoin');
+    const again = await subscribe(c, 'presence-rejoin');
+    assert.equal(again.members.count, 2);
+    await waitFor(() => watch.addedOf('bouncer').length === 2, 5_000, 'bouncer added twice');
+    await sleep(SETTLE_MS);
+    assert.equal(watch.removedOf('bouncer').length, 1);
+    assert.equal(watcher.members.count, 2);
+  });
+
   test('presence_subscribe_without_channel_data_is_refused', { timeout: 15_000 }, async () => {
     const other = resources.add(await rawSocket(server.port), (c) => c.terminate());
     await rawSubscribeSigned(other, 'presence-no-data', member('present'));
