@@ -12,15 +12,19 @@
 //! - [`fanout`]: the envelope shards exchange and the N x N mesh of SPSC rings.
 //! - [`http`]: the REST API and health routes.
 //! - [`shard`]: one pinned thread per core: accept loop, connection driver, fan-out.
-//! - [`server`]: starts the shards and waits for them.
+//! - [`server`]: starts the shards, and stops them gracefully.
+//! - [`signals`]: SIGTERM/SIGINT, blocked in every thread and awaited by `main`.
 
 pub mod app;
 pub mod auth;
 pub mod config;
 pub mod fanout;
 pub mod http;
+pub mod metrics;
 pub mod protocol;
+pub mod redis;
 pub mod registry;
 pub mod server;
 pub mod shard;
+pub mod signals;
 pub mod ws;

@@ -30,9 +30,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Shards inherit this mask, so SIGTERM and SIGINT reach only the sigwait below.
+    let signals = corecast::signals::block_termination();
     match corecast::server::start(config) {
         Ok(server) => {
             eprintln!("corecast: listening on {}", server.addr);
+            let signal = corecast::signals::wait(&signals);
+            eprintln!("corecast: {signal}: stopping");
+            server.shutdown();
             server.join();
             ExitCode::SUCCESS
         }

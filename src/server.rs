@@ -4,22 +4,34 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 use crate::app::AppTable;
 use crate::config::Config;
-use crate::fanout;
-use crate::shard;
+use crate::fanout::{self, InboxWaker};
+use crate::shard::{self, ServerState};
 
 /// A running server: its shards' threads and the address they listen on.
 pub struct Server {
     /// The bound address (useful when the port was 0).
     pub addr: SocketAddr,
     threads: Vec<JoinHandle<()>>,
+    state: Arc<ServerState>,
+    wakers: Vec<InboxWaker>,
 }
 
 impl Server {
-    /// Waits for every shard to stop (they run until the process ends).
+    /// Asks every shard to stop: no new connections, `pusher:error` 4200 to every client,
+    /// REST requests in flight finish; each shard stops within the grace period.
+    pub fn shutdown(&self) {
+        self.state.shutting_down.store(true, Ordering::Release);
+        for w in &self.wakers {
+            w.poke();
+        }
+    }
+
+    /// Waits for every shard to stop.
     pub fn join(self) {
         for t in self.threads {
             let _ = t.join();
@@ -35,17 +47,21 @@ pub fn start(config: Config) -> io::Result<Server> {
     let node = node_id();
     let (tx, rx) = std::sync::mpsc::channel();
     let all_bound = Arc::new(std::sync::Barrier::new(shards));
+    let state = Arc::new(ServerState::default());
     let mut threads = Vec::with_capacity(shards);
+    let mut wakers = Vec::with_capacity(shards);
     for (id, links) in fanout::mesh(shards, config.ring_capacity)
         .into_iter()
         .enumerate()
     {
+        wakers.push(links.1.waker());
         threads.push(shard::spawn(
             id,
             Arc::clone(&config),
             Arc::clone(&apps),
             links,
             node,
+            Arc::clone(&state),
             shard::Startup {
                 ready: tx.clone(),
                 all_bound: Arc::clone(&all_bound),
@@ -62,7 +78,12 @@ pub fn start(config: Config) -> io::Result<Server> {
         }
     }
     let addr = addr.ok_or_else(|| io::Error::other("no shard started"))?;
-    Ok(Server { addr, threads })
+    Ok(Server {
+        addr,
+        threads,
+        state,
+        wakers,
+    })
 }
 
 /// A per-process socket-id prefix below 10^9, from the clock and the pid.

@@ -89,6 +89,8 @@ pub struct ConnResult {
     pub dups: u64,
     /// Arrived after a higher sequence number on the same channel.
     pub reordered: u64,
+    /// The first reordered delivery: (seq, highest seq already seen, latency µs).
+    pub first_reorder: Option<(u64, u64, u64)>,
     /// Bench events whose seq/time could not be parsed or were absurd.
     pub bogus: u64,
     pub end: End,
@@ -317,6 +319,7 @@ impl Track {
             distinct: 0,
             dups: 0,
             reordered: 0,
+            first_reorder: None,
             bogus: 0,
             end: End::Stopped,
         };
@@ -327,7 +330,7 @@ impl Track {
         }
     }
 
-    fn see(&mut self, seq: u64) {
+    fn see(&mut self, seq: u64, latency_us: u64) {
         if seq >= MAX_SEQ {
             self.res.bogus += 1;
             return;
@@ -344,6 +347,9 @@ impl Track {
         self.res.distinct += 1;
         if seq < self.next {
             self.res.reordered += 1;
+            if self.res.first_reorder.is_none() {
+                self.res.first_reorder = Some((seq, self.next - 1, latency_us));
+            }
         } else {
             self.next = seq + 1;
         }
@@ -443,13 +449,13 @@ fn on_text(
             r.total += 1;
             let start = shared.win_start_ns.load(Ordering::Relaxed);
             let end = shared.win_end_ns.load(Ordering::Relaxed);
+            let latency_us = (now.saturating_sub(t_ns) / 1000).max(1);
             if now >= start && now < end {
                 r.window += 1;
-                r.hist
-                    .saturating_record((now.saturating_sub(t_ns) / 1000).max(1));
+                r.hist.saturating_record(latency_us);
             }
             drop(r);
-            track.see(seq);
+            track.see(seq, latency_us);
         }
         Some(None) => track.res.bogus += 1,
         None => {

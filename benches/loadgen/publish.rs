@@ -4,6 +4,7 @@
 //! Channel `c` always goes through connection `c % publishers`, so the events of a
 //! channel reach the server in sequence order and any reordering is the server's.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,6 +53,11 @@ pub struct PubReport {
     /// Request-to-response time in microseconds.
     pub rest_hist: Histogram<u64>,
     pub connects: u64,
+    /// Events whose request failed after it was written (timeout, reset): the
+    /// server may or may not have delivered them. Per channel index.
+    pub uncertain: Vec<u64>,
+    /// A few failed requests in detail: channel, seq, when, how far the response got.
+    pub error_samples: Vec<String>,
 }
 
 impl PubReport {
@@ -63,6 +69,8 @@ impl PubReport {
             rest_hist: Histogram::new_with_bounds(1, 600_000_000, 3)
                 .expect("valid histogram bounds"),
             connects: 0,
+            uncertain: vec![0; channels],
+            error_samples: Vec::new(),
         }
     }
 
@@ -81,6 +89,10 @@ impl PubReport {
         }
         let _ = self.rest_hist.add(&other.rest_hist);
         self.connects += other.connects;
+        for (a, b) in self.uncertain.iter_mut().zip(other.uncertain) {
+            *a += b;
+        }
+        self.error_samples.extend(other.error_samples);
     }
 }
 
@@ -156,6 +168,8 @@ async fn publisher(p: usize, plan: Arc<PubPlan>, shared: Arc<Shared>) -> PubRepo
         .collect();
     let mut stream: Option<TcpStream> = None;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let progress = Cell::new(Progress::Writing);
+    let mut requests = 0u64;
     let step_ns = if plan.rate > 0 {
         1e9 / plan.rate as f64
     } else {
@@ -182,6 +196,7 @@ async fn publisher(p: usize, plan: Arc<PubPlan>, shared: Arc<Shared>) -> PubRepo
                     Ok(s) => {
                         let _ = s.set_nodelay(true);
                         report.connects += 1;
+                        requests = 0;
                         s
                     }
                     Err(e) => {
@@ -206,27 +221,57 @@ async fn publisher(p: usize, plan: Arc<PubPlan>, shared: Arc<Shared>) -> PubRepo
             )
             .into_bytes();
             req.extend_from_slice(&body);
-            let exchange = monoio::time::timeout(REQUEST_TIMEOUT, request(s, req, &mut buf)).await;
+            requests += 1;
+            progress.set(Progress::Writing);
+            let exchange =
+                monoio::time::timeout(REQUEST_TIMEOUT, request(s, req, &mut buf, &progress)).await;
             let elapsed_us = (shared.now_ns().saturating_sub(t_ns) / 1000).max(1);
-            match exchange {
-                Err(_) => report.error(format!("no response within {REQUEST_TIMEOUT:?}")),
-                Ok(Err(e)) => report.error(e),
-                Ok(Ok((s, status, body, keep))) => {
-                    report.rest_hist.saturating_record(elapsed_us);
-                    if status == 200 {
-                        report.ok[c] += 1;
-                    } else {
-                        let body = String::from_utf8_lossy(&body[..body.len().min(160)]);
-                        report.error(format!("HTTP {status}: {body}"));
+            let (s, status, body, keep) = match exchange {
+                Ok(Ok(done)) => done,
+                failed => {
+                    let kind = match failed {
+                        Ok(Err(e)) => e,
+                        _ => format!("no response within {REQUEST_TIMEOUT:?}"),
+                    };
+                    if progress.get() != Progress::Writing {
+                        report.uncertain[c] += 1;
                     }
-                    if keep {
-                        stream = Some(s);
+                    if report.error_samples.len() < 5 {
+                        report.error_samples.push(format!(
+                            "{kind}: {}-{c} seq {seq} sent at +{:.3} s, request #{requests} on \
+                             REST connection {p} (connection #{}), {:?}",
+                            plan.prefix,
+                            t_ns.saturating_sub(plan.start_ns) as f64 / 1e9,
+                            report.connects,
+                            progress.get()
+                        ));
                     }
+                    report.error(kind);
+                    continue;
                 }
+            };
+            report.rest_hist.saturating_record(elapsed_us);
+            if status == 200 {
+                report.ok[c] += 1;
+            } else {
+                let body = String::from_utf8_lossy(&body[..body.len().min(160)]);
+                report.error(format!("HTTP {status}: {body}"));
+            }
+            if keep {
+                stream = Some(s);
             }
         }
     }
     report
+}
+
+/// How far a request got, for the report when it fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Progress {
+    Writing,
+    /// Written; bytes of the response received so far.
+    AwaitingHead(usize),
+    AwaitingBody(usize),
 }
 
 /// Writes one request and reads one response: (stream, status, body, keep-alive).
@@ -234,11 +279,14 @@ async fn request(
     mut s: TcpStream,
     req: Vec<u8>,
     buf: &mut Vec<u8>,
+    progress: &Cell<Progress>,
 ) -> Result<(TcpStream, u16, Vec<u8>, bool), String> {
     let (res, _) = s.write_all(req).await;
     res.map_err(|e| format!("write: {e}"))?;
     buf.clear();
+    progress.set(Progress::AwaitingHead(0));
     let head_end = loop {
+        progress.set(Progress::AwaitingHead(buf.len()));
         if let Some(i) = find(buf, b"\r\n\r\n") {
             break i + 4;
         }
@@ -279,6 +327,7 @@ async fn request(
         return Err(format!("Content-Length {len} is absurd"));
     }
     while buf.len() < head_end + len {
+        progress.set(Progress::AwaitingBody(buf.len()));
         fill(&mut s, buf).await?;
     }
     let body = buf[head_end..head_end + len].to_vec();

@@ -274,6 +274,8 @@ fn delivery(args: &Args, server: &mut Server) -> Result<RunResult, String> {
         (0, 0, 0, 0, 0, 0);
     let mut ends: BTreeMap<String, usize> = BTreeMap::new();
     let mut receivers = 0usize;
+    let mut late_of_failed = 0u64;
+    let mut reorder_samples: Vec<String> = Vec::new();
     for t in &reports {
         let _ = hist.add(&t.recv.hist);
         window += t.recv.window;
@@ -286,9 +288,21 @@ fn delivery(args: &Args, server: &mut Server) -> Result<RunResult, String> {
         for c in &t.conns {
             receivers += 1;
             let published = publishing.ok[c.channel];
+            let maybe = publishing.uncertain[c.channel];
             expected += published;
             lost += published.saturating_sub(c.distinct);
-            extra += c.distinct.saturating_sub(published);
+            extra += c.distinct.saturating_sub(published + maybe);
+            late_of_failed += c.distinct.saturating_sub(published).min(maybe);
+            if let Some((seq, after, us)) = c.first_reorder
+                && reorder_samples.len() < 3
+            {
+                reorder_samples.push(format!(
+                    "{}-{}: seq {seq} arrived after seq {after}, {:.3} ms after it was sent",
+                    args.scenario.channel_prefix(),
+                    c.channel,
+                    us as f64 / 1000.0
+                ));
+            }
             dups += c.dups;
             reordered += c.reordered;
             bogus += c.bogus;
@@ -314,9 +328,20 @@ fn delivery(args: &Args, server: &mut Server) -> Result<RunResult, String> {
             "{reordered} reordered, {dups} duplicated, {extra} unexpected extra, {bogus} unparsable"
         ));
     }
+    for sample in reorder_samples {
+        r.notes.push(format!("reordered: {sample}"));
+    }
     if publishing.errors > 0 {
         for (kind, n) in &publishing.error_kinds {
             r.notes.push(format!("{n} publish error(s): {kind}"));
+        }
+        for sample in &publishing.error_samples {
+            r.notes.push(format!("failed publish: {sample}"));
+        }
+        if late_of_failed > 0 {
+            r.notes.push(format!(
+                "{late_of_failed} deliveries of events whose REST request failed arrived anyway"
+            ));
         }
     }
     if receivers < clients.opened {
@@ -356,6 +381,7 @@ fn delivery(args: &Args, server: &mut Server) -> Result<RunResult, String> {
     r.put("lost", lost as f64);
     r.put("reordered", reordered as f64);
     r.put("duplicated", dups as f64);
+    r.put("delivered_after_publish_error", late_of_failed as f64);
     r.put(
         "connections_closed_early",
         ends.values().sum::<usize>() as f64,

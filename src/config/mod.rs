@@ -85,6 +85,14 @@ pub struct Config {
     /// How long a cache channel keeps its last event (`SOKETI_CHANNEL_CACHE_TTL`, seconds,
     /// `channelLimits.cacheTtl`), 30 minutes as Pusher documents.
     pub cache_ttl: Duration,
+    /// WebSocket connections this server holds over all apps; 0 is unlimited
+    /// (`CORECAST_MAX_CONNECTIONS`, `maxConnections`). Past it: 4100 and close.
+    pub max_connections: usize,
+    /// WebSocket handshakes per second this server accepts; 0 is unlimited
+    /// (`CORECAST_MAX_HANDSHAKES_PER_SEC`, `maxHandshakesPerSec`). Past it: 4100 and close.
+    pub max_handshakes_per_sec: usize,
+    /// Handshakes accepted at once above the steady rate (`CORECAST_HANDSHAKE_BURST`), 1000.
+    pub handshake_burst: usize,
     /// How nodes share messages (`SOKETI_ADAPTER_DRIVER`, `adapter.driver`), local.
     pub adapter: AdapterDriver,
     /// The Redis server of the redis adapter.
@@ -175,6 +183,9 @@ impl Default for Config {
             shutdown_grace_period: Duration::from_millis(3000),
             user_authentication_timeout: Duration::from_millis(30_000),
             cache_ttl: Duration::from_secs(1800),
+            max_connections: 0,
+            max_handshakes_per_sec: 0,
+            handshake_burst: 1000,
             adapter: AdapterDriver::Local,
             redis: RedisConfig {
                 host: "127.0.0.1".to_owned(),

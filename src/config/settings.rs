@@ -63,6 +63,9 @@ impl Builder {
                 c.max_ws_message_bytes = value::size(&raw, o, 1)?.saturating_mul(1024)
             }
             "ringCapacity" => c.ring_capacity = value::size(&raw, o, 1)?,
+            "maxConnections" => c.max_connections = value::size(&raw, o, 0)?,
+            "maxHandshakesPerSec" => c.max_handshakes_per_sec = value::size(&raw, o, 0)?,
+            "handshakeBurst" => c.handshake_burst = value::size(&raw, o, 1)?,
             "httpApi.requestLimitInMb" => {
                 c.max_http_body_bytes = megabytes(value::float(&raw, o, 0.0)?)
             }

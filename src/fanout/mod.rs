@@ -106,6 +106,21 @@ struct Signal {
     waker: AtomicWaker,
     /// Set by the consumer just before it parks; a producer that clears it wakes it.
     sleeping: AtomicBool,
+    /// Set by [`InboxWaker::poke`]: wake up although the rings are empty.
+    poked: AtomicBool,
+}
+
+/// Wakes a shard's inbox from any thread without sending an envelope (shutdown).
+#[derive(Clone, Debug)]
+pub struct InboxWaker(Arc<Signal>);
+
+impl InboxWaker {
+    /// Makes the shard's inbox loop run once.
+    pub fn poke(&self) {
+        self.0.poked.store(true, Ordering::SeqCst);
+        self.0.sleeping.store(false, Ordering::SeqCst);
+        self.0.waker.wake();
+    }
 }
 
 /// A shard's producers, one per other shard (`None` at its own index).
@@ -175,6 +190,12 @@ impl Outbox {
 }
 
 impl Inbox {
+    /// A handle other threads use to wake this inbox.
+    #[must_use]
+    pub fn waker(&self) -> InboxWaker {
+        InboxWaker(Arc::clone(&self.signal))
+    }
+
     /// Pops up to `max` envelopes, oldest first per ring, and hands each to `f`.
     pub fn drain(&mut self, max: usize, mut f: impl FnMut(Envelope)) -> usize {
         let mut n = 0;
@@ -211,7 +232,7 @@ impl Inbox {
     }
 
     fn has_items(&self) -> bool {
-        self.rings.iter().any(|r| !r.is_empty())
+        self.signal.poked.swap(false, Ordering::SeqCst) || self.rings.iter().any(|r| !r.is_empty())
     }
 }
 

@@ -38,6 +38,9 @@ pub async fn trigger(shard: &Rc<Shard>, app_idx: AppIdx, body: &mut [u8]) -> Res
         Ok(event) => event,
         Err(resp) => return resp,
     };
+    if let Err(resp) = admit(shard, app_idx, event.channels.len()) {
+        return resp;
+    }
     publish(shard, app_idx, &event);
     shard.flush_dirty();
     let Some(info) = event.info else {
@@ -51,6 +54,20 @@ pub async fn trigger(shard: &Rc<Shard>, app_idx: AppIdx, body: &mut [u8]) -> Res
         );
     }
     Response::json(200, serde_json::json!({ "channels": channels }).to_string())
+}
+
+/// `max_backend_events_per_sec`: one point per channel an event goes to, as Soketi counts.
+fn admit(shard: &Shard, app: AppIdx, points: usize) -> Result<(), Response> {
+    let Some(limit) = shard.apps.get(app).max_backend_events_per_sec else {
+        return Ok(());
+    };
+    let now = crate::app::limits::unix_secs();
+    shard
+        .apps
+        .usage(app)
+        .backend_events
+        .try_acquire_n(now, points as u64, limit)
+        .map_err(|retry| super::too_many(shard, retry))
 }
 
 /// A channel's attributes named in `info`, counted over every shard.
@@ -98,6 +115,10 @@ pub async fn trigger_batch(shard: &Rc<Shard>, app_idx: AppIdx, body: &mut [u8]) 
             Ok(e) => events.push(e),
             Err(resp) => return resp,
         }
+    }
+    let points = events.iter().map(|e| e.channels.len()).sum();
+    if let Err(resp) = admit(shard, app_idx, points) {
+        return resp;
     }
     for event in &events {
         publish(shard, app_idx, event);

@@ -149,6 +149,9 @@ pub fn body_length(head: &RequestHead, max: usize) -> Result<usize, Response> {
 pub async fn handle(shard: &Rc<Shard>, head: &RequestHead, body: &mut BytesMut) -> Response {
     let path = head.uri.path();
     match (path, &head.method) {
+        ("/ready", &Method::GET) if shard.shutting_down() => {
+            return Response::text(503, "Shutting down");
+        }
         ("/" | "/ready", &Method::GET) => return Response::text(200, "OK"),
         ("/" | "/ready", _) => return error(405, "Method not allowed."),
         _ => {}
@@ -178,6 +181,16 @@ pub async fn handle(shard: &Rc<Shard>, head: &RequestHead, body: &mut BytesMut) 
     let segments: Vec<&str> = route.split('/').collect();
     let get = head.method == Method::GET;
     let post = head.method == Method::POST;
+    if get
+        && let Some(limit) = app.max_read_req_per_sec
+        && let Err(retry) = shard
+            .apps
+            .usage(app_idx)
+            .read_requests
+            .try_acquire(now, limit)
+    {
+        return too_many(shard, retry);
+    }
     match segments.as_slice() {
         ["events"] if post => events::trigger(shard, app_idx, body).await,
         ["batch_events"] if post => events::trigger_batch(shard, app_idx, body).await,
@@ -194,6 +207,15 @@ pub async fn handle(shard: &Rc<Shard>, head: &RequestHead, body: &mut BytesMut) 
         }
         _ => error(404, "Not found."),
     }
+}
+
+/// 429 with `Retry-After`, counted.
+pub(crate) fn too_many(shard: &Shard, retry_after_secs: u64) -> Response {
+    crate::shard::Stats::add(&shard.stats.rate_limited, 1);
+    let mut resp = error(429, "Too many requests for this app; slow down.");
+    resp.headers
+        .push(("Retry-After", retry_after_secs.to_string()));
+    resp
 }
 
 /// A path segment with its percent-escapes decoded.

@@ -16,6 +16,8 @@ use monoio_http::h1::codec::decoder::RequestHeadDecoder;
 
 use super::conn::{self, Conn, Outbound, write_all};
 use super::{Shard, Stats, session};
+use crate::app::AppIdx;
+use crate::config::AppConfig;
 use crate::http::{self, Response};
 use crate::protocol::{ErrorCode, PROTOCOL_VERSION, connection_established, error_frame};
 use crate::ws::{self, close_frame};
@@ -88,8 +90,11 @@ pub(super) async fn handle_connection(shard: Rc<Shard>, stream: TcpStream) {
             }
         }
         let mut body = buf.split_to(len);
+        shard.http_in_flight.set(shard.http_in_flight.get() + 1);
         let resp = http::handle(&shard, &head, &mut body).await;
+        shard.http_in_flight.set(shard.http_in_flight.get() - 1);
         shard.flush_dirty();
+        let keep_alive = keep_alive && !shard.shutting_down();
         if respond(&stream, &resp, keep_alive).await.is_err() || !keep_alive {
             return;
         }
@@ -131,12 +136,17 @@ async fn upgrade(shard: Rc<Shard>, stream: TcpStream, head: RequestHead) {
         return;
     }
     let query = crate::auth::parse_query(head.uri.query().unwrap_or(""));
-    let refusal = match shard.apps.by_key(key) {
-        None => Some(ErrorCode::AppDoesNotExist),
-        Some((_, app)) if !app.enabled => Some(ErrorCode::AppDisabled),
-        Some(_) => check_protocol(&query),
+    let (app, refusal) = match shard.apps.by_key(key) {
+        None => (None, Some(ErrorCode::AppDoesNotExist)),
+        Some((_, cfg)) if !cfg.enabled => (None, Some(ErrorCode::AppDisabled)),
+        Some((idx, cfg)) => (
+            Some(idx),
+            check_protocol(&query).or_else(|| admit(&shard, idx, cfg)),
+        ),
     };
-    if let Some(code) = refusal {
+    let (Some(app), None) = (app, refusal) else {
+        let code = refusal.unwrap_or(ErrorCode::AppDoesNotExist);
+        Stats::add(&shard.stats.connections_rejected, 1);
         let mut frames = error_frame(code, None).to_vec();
         frames.extend_from_slice(&close_frame(code.code(), code.message()));
         let _ = write_all(&stream, &frames).await;
@@ -144,9 +154,6 @@ async fn upgrade(shard: Rc<Shard>, stream: TcpStream, head: RequestHead) {
         // Let the client read the close before the socket goes away.
         let _ =
             monoio::time::timeout(std::time::Duration::from_secs(2), stream.readable(false)).await;
-        return;
-    }
-    let Some((app, _)) = shard.apps.by_key(key) else {
         return;
     };
     let (serial, socket_id) = shard.next_socket_id();
@@ -176,6 +183,33 @@ async fn upgrade(shard: Rc<Shard>, stream: TcpStream, head: RequestHead) {
     session::run(&shard, key, &stream).await;
     session::cleanup(&shard, key);
     Stats::add(&shard.stats.connections_closed, 1);
+}
+
+/// Admission: shutdown, the handshake rate, the server's connection cap (4200 / 4100),
+/// then the app's connection quota (4004). Takes the quotas it passes; `cleanup` gives
+/// them back.
+fn admit(shard: &Shard, app: AppIdx, cfg: &AppConfig) -> Option<ErrorCode> {
+    if shard.shutting_down() {
+        return Some(ErrorCode::ReconnectImmediately);
+    }
+    if !shard.admit_handshake() {
+        return Some(ErrorCode::OverCapacity);
+    }
+    let server_max =
+        (shard.config.max_connections > 0).then_some(shard.config.max_connections as u64);
+    if !shard.server.connections.try_add(server_max) {
+        return Some(ErrorCode::OverCapacity);
+    }
+    if !shard
+        .apps
+        .usage(app)
+        .connections
+        .try_add(cfg.max_connections)
+    {
+        shard.server.connections.release();
+        return Some(ErrorCode::OverConnectionQuota);
+    }
+    None
 }
 
 /// `protocol` must be a number of at least 7: missing or older is 4007, not a number 4006.

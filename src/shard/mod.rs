@@ -8,6 +8,7 @@
 mod conn;
 mod driver;
 mod home;
+mod lifecycle;
 mod publish;
 mod query;
 mod session;
@@ -20,6 +21,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
@@ -29,6 +31,7 @@ use slab::Slab;
 pub use conn::{Conn, Flushed, Outbound, Subscription};
 pub use query::ChannelFacts;
 
+use crate::app::limits::{Quota, TokenBucket};
 use crate::app::{AppIdx, AppTable};
 use crate::config::Config;
 use crate::fanout::{Inbox, Outbox};
@@ -71,6 +74,25 @@ pub struct Shard {
     next_serial: Cell<u64>,
     /// Plain counters for this shard; merged across shards when scraped.
     pub stats: Stats,
+    /// What every shard of the process shares: connection count, shutdown flag.
+    pub server: Arc<ServerState>,
+    /// This shard's part of the handshake rate limit.
+    handshakes: RefCell<Option<TokenBucket>>,
+    /// The listening socket, shut when the server stops accepting.
+    listener_fd: Cell<std::os::fd::RawFd>,
+    /// The main task, parked until shutdown.
+    stop_waker: RefCell<Option<std::task::Waker>>,
+    /// REST requests being handled; shutdown lets them finish.
+    pub http_in_flight: Cell<usize>,
+}
+
+/// Process-wide state the shards share (never touched on the delivery path).
+#[derive(Debug, Default)]
+pub struct ServerState {
+    /// WebSocket connections over all shards, against `max_connections`.
+    pub connections: Quota,
+    /// Set once on SIGTERM/SIGINT; shards then drain and stop.
+    pub shutting_down: AtomicBool,
 }
 
 /// A cache channel's last event and when it was published.
@@ -89,6 +111,8 @@ pub struct Stats {
     pub slow_reader_disconnects: Cell<u64>,
     pub fanout_dropped: Cell<u64>,
     pub protocol_errors: Cell<u64>,
+    pub rate_limited: Cell<u64>,
+    pub connections_rejected: Cell<u64>,
     pub client_events_rejected: Cell<u64>,
     pub http_requests: Cell<u64>,
 }
@@ -114,6 +138,7 @@ pub fn spawn(
     apps: Arc<AppTable>,
     links: (Outbox, Inbox),
     node: u32,
+    server: Arc<ServerState>,
     startup: Startup,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -121,6 +146,7 @@ pub fn spawn(
         .spawn(move || {
             pin_to_core(id);
             let (outbox, inbox) = links;
+            let handshakes = RefCell::new(handshake_bucket(&config, config.shards));
             let shard = Rc::new(Shard {
                 id,
                 shards: config.shards,
@@ -138,9 +164,24 @@ pub fn spawn(
                 scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
                 next_serial: Cell::new(0),
                 stats: Stats::default(),
+                handshakes,
+                listener_fd: Cell::new(-1),
+                stop_waker: RefCell::new(None),
+                http_in_flight: Cell::new(0),
+                server,
             });
             run_runtime(id, move || serve(shard, inbox, startup));
         })
+}
+
+/// This shard's share of the server's handshake rate, or `None` when unlimited.
+fn handshake_bucket(config: &Config, shards: usize) -> Option<TokenBucket> {
+    let rate = config.max_handshakes_per_sec;
+    (rate > 0).then(|| {
+        let shards = shards.max(1) as f64;
+        let burst = (config.handshake_burst as f64 / shards).max(1.0);
+        TokenBucket::new(rate as f64 / shards, burst)
+    })
 }
 
 /// Runs `make()` on io_uring, or on the legacy driver when the kernel refuses io_uring.
@@ -203,14 +244,24 @@ async fn serve(shard: Rc<Shard>, inbox: Inbox, startup: Startup) {
     // Accept only once every shard has bound, so the kernel spreads the very first
     // connections over all of them.
     startup.all_bound.wait();
+    shard
+        .listener_fd
+        .set(std::os::fd::AsRawFd::as_raw_fd(&listener));
     monoio::spawn(publish::inbox_loop(Rc::clone(&shard), inbox));
     monoio::spawn(sweep::sweep_loop(Rc::clone(&shard)));
+    monoio::spawn(accept_loop(Rc::clone(&shard), listener));
+    lifecycle::stopped(&shard).await;
+    lifecycle::drain(&shard).await;
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
                 monoio::spawn(driver::handle_connection(Rc::clone(&shard), stream));
             }
+            Err(_) if shard.shutting_down() => return,
             Err(e) => {
                 // Out of fds or a transient error: back off briefly, never spin or die.
                 eprintln!("corecast: shard {} accept failed: {e}", shard.id);
@@ -233,6 +284,20 @@ impl Shard {
                 local,
             },
         )
+    }
+
+    /// Whether the server is shutting down.
+    #[must_use]
+    pub fn shutting_down(&self) -> bool {
+        self.server.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Takes a handshake token; false when the rate limit is hit.
+    fn admit_handshake(&self) -> bool {
+        self.handshakes
+            .borrow_mut()
+            .as_mut()
+            .is_none_or(|b| b.take(Instant::now()))
     }
 
     /// The shard that keeps `channel`'s roster and answers for it: FNV-1a of app and name.

@@ -240,6 +240,7 @@ async fn writer(shard: Rc<Shard>, key: ConnKey, serial: u64, stream: Rc<monoio::
 pub(super) async fn inbox_loop(shard: Rc<Shard>, mut inbox: Inbox) {
     loop {
         inbox.ready().await;
+        super::lifecycle::notice(&shard);
         loop {
             let n = inbox.drain(DRAIN_BATCH, |e| shard.handle_envelope(e));
             shard.flush_dirty();

@@ -142,6 +142,8 @@ pub(super) fn cleanup(shard: &Shard, key: ConnKey) {
     let Some(c) = shard.conns.borrow_mut().try_remove(key) else {
         return;
     };
+    shard.server.connections.release();
+    shard.apps.usage(c.app).connections.release();
     for sub in &c.channels {
         shard
             .registry

@@ -218,6 +218,19 @@ describe('client events rate limit: SOKETI_DEFAULT_APP_MAX_CLIENT_EVENTS_PER_SEC
     await server?.stop();
   });
 
+  test('the_limit_is_per_connection_so_two_senders_each_get_their_own_budget', { timeout: 20_000 }, async () => {
+    const senders = [];
+    for (let i = 0; i < 2; i++) senders.push(resources.add(await rawSocket(server.port), (c) => c.terminate()));
+    const reader = resources.add(await rawSocket(server.port), (c) => c.terminate());
+    for (const c of [...senders, reader]) await rawSubscribeSigned(c, 'private-budget');
+    for (const [n, s] of senders.entries()) for (let i = 0; i < 4; i++) s.send({ event: 'client-budget', channel: 'private-budget', data: { n, i } });
+    for (const s of senders) await pingPong(s);
+    await pingPong(reader);
+    await sleep(SETTLE_MS);
+    for (const s of senders) assert.deepEqual(s.messages.filter((m) => m.event === 'pusher:error'), [], 'a sender within its own budget was refused');
+    assert.equal(reader.messages.filter((m) => m.event === 'client-budget').length, 8);
+  });
+
   test('twenty_quick_client_events_are_partly_relayed_and_the_rest_refused_with_4301', { timeout: 20_000 }, async () => {
     const sender = resources.add(await rawSocket(server.port), (c) => c.terminate());
     const others = [];

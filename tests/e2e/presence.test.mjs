@@ -220,6 +220,24 @@ describe('presence channels over 2 shards', { timeout: 60_000 }, () => {
     assert.equal(watcher.members.count, 2);
   });
 
+  test('reconnecting_pusher_js_client_rejoins_with_its_new_socket_id', { timeout: 20_000 }, async () => {
+    const watcher = await subscribe(await client('observer'), 'presence-reconnect');
+    const watch = watchMembers(watcher);
+    const c = await client('phoenix');
+    const ch = await subscribe(c, 'presence-reconnect');
+    const firstId = c.connection.socket_id;
+    c.disconnect();
+    await waitFor(() => watch.removedOf('phoenix').length === 1, 5_000, 'phoenix removed after disconnect');
+    const resubscribed = once(ch, 'pusher:subscription_succeeded', 10_000);
+    c.connect();
+    await resubscribed;
+    assert.notEqual(c.connection.socket_id, firstId);
+    assert.equal(ch.members.count, 2);
+    assert.deepEqual(ch.members.me, { id: 'phoenix', info: info('phoenix') });
+    await waitFor(() => watch.addedOf('phoenix').length === 2, 5_000, 'phoenix added again');
+    assert.equal(watcher.members.count, 2);
+  });
+
   test('presence_subscribe_without_channel_data_is_refused', { timeout: 15_000 }, async () => {
     const other = resources.add(await rawSocket(server.port), (c) => c.terminate());
     await rawSubscribeSigned(other, 'presence-no-data', member('present'));

@@ -169,6 +169,22 @@ describe('user authentication over 2 shards', { timeout: 60_000 }, () => {
     assert.equal(watcher.messages.filter((m) => m.event === 'pusher_internal:member_added').length, 1);
   });
 
+  test('terminate_with_a_wrong_signature_is_401_and_closes_nothing', async () => {
+    const c = await raw();
+    await rawSignin(c, { id: 'u7' });
+    const wrong = restClient(server.port, { secret: 'not-the-secret' });
+    await assert.rejects(wrong.terminateUserConnections('u7'), (err) => {
+      assert.equal(err.status, 401, `status ${err.status}, body ${err.body}`);
+      return true;
+    });
+    await assert.rejects(wrong.sendToUser('u7', 'evt', {}), (err) => {
+      assert.equal(err.status, 401, `status ${err.status}, body ${err.body}`);
+      return true;
+    });
+    await pingPong(c);
+    assert.deepEqual(c.messages.filter((m) => m.event === 'evt'), []);
+  });
+
   test('terminated_pusher_js_client_leaves_the_connected_state_and_stays_out', { timeout: 15_000 }, async () => {
     const c = await client({ id: 'u5' });
     await signedIn(c);

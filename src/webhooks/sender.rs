@@ -1,0 +1,456 @@
+//! The sender thread: its own monoio runtime, so a slow or dead receiver never blocks a shard.
+//!
+//! The loop, in order: take the events the shards queued (routing each to its webhooks and
+//! their batches), take the results of finished attempts, move due batches into deliveries,
+//! start attempts while slots are free, then sleep until an event, a result, a batch window,
+//! a retry, or the stop deadline. Each attempt is its own task: connect, write the request,
+//! read the status line, all within `request_timeout`.
+//!
+//! Host names are resolved with the system resolver on this thread; use an IP address in
+//! webhook URLs where resolution may be slow.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, OnceLock};
+use std::task::{Poll, Waker};
+use std::thread::{self, JoinHandle};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use super::batch::{Batch, Batcher, encode_body, signature};
+use super::event::Event;
+use super::request::{HttpTarget, MalformedResponse, UrlError, build_request, parse_status};
+use super::route::Routes;
+use super::schedule::{Policy, Resolution, Scheduler, Start};
+use super::{AppHooks, WebhookSettings, WebhookStats};
+
+/// One queued event, as a shard hands it over.
+pub(crate) struct Job {
+    pub app: usize,
+    pub event: Event,
+}
+
+/// What the shards and the sender thread share: the wake-up, the stop request, counters.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    waker: AtomicWaker,
+    /// Set by the sender just before it parks; a producer that clears it wakes it.
+    sleeping: AtomicBool,
+    /// When set, the sender stops taking its time: it sends everything at once and exits
+    /// when done or at this instant, whichever is first.
+    stop: OnceLock<Instant>,
+    /// Event copies (one per webhook) accepted and not yet delivered, failed or dropped.
+    pub queued: AtomicUsize,
+    pub requests: AtomicU64,
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
+    pub dropped: AtomicU64,
+    pub retries: AtomicU64,
+    pub unsupported: AtomicU64,
+}
+
+impl Shared {
+    /// Wakes the sender if it sleeps; called after queuing a job.
+    pub fn notify(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            self.waker.wake();
+        }
+    }
+
+    /// Asks the sender to finish by `deadline` (the first request wins) and wakes it.
+    pub fn request_stop(&self, deadline: Instant) {
+        let _ = self.stop.set(deadline);
+        self.waker.wake();
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.get().is_some()
+    }
+
+    pub fn stats(&self) -> WebhookStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        WebhookStats {
+            requests: get(&self.requests),
+            delivered: get(&self.delivered),
+            failed: get(&self.failed),
+            dropped: get(&self.dropped),
+            retries: get(&self.retries),
+            unsupported: get(&self.unsupported),
+            queued: self.queued.load(Ordering::Relaxed) as u64,
+        }
+    }
+
+    fn resolve(&self, counter: &AtomicU64, events: usize) {
+        counter.fetch_add(events as u64, Ordering::Relaxed);
+        self.queued.fetch_sub(events, Ordering::Relaxed);
+    }
+}
+
+/// A webhook as the sender needs it.
+struct Hook {
+    url: String,
+    secret: String,
+    /// Request line and body-independent headers, rendered once.
+    head: Vec<u8>,
+    target: Result<Rc<HttpTarget>, UrlError>,
+    /// Whether the last delivery failed; only changes are logged.
+    failing: bool,
+}
+
+/// Starts the sender thread; returns once its runtime runs, or with the reason it cannot.
+pub(crate) fn spawn(
+    apps: Vec<AppHooks>,
+    routes: Arc<Routes>,
+    settings: WebhookSettings,
+    shared: Arc<Shared>,
+    jobs: Receiver<Job>,
+) -> io::Result<JoinHandle<()>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let thread = thread::Builder::new()
+        .name("corecast-webhooks".into())
+        .spawn(move || {
+            run_runtime(&ready_tx, move || async move {
+                let hooks = hooks(&apps);
+                Sender::new(hooks, routes, settings, shared, jobs).run().await;
+            });
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => Err(io::Error::other("the webhook sender thread exited at start")),
+    }
+}
+
+/// Runs `make()` on monoio's fusion driver (io_uring, else epoll) with timers, falling back
+/// to the epoll driver if building it fails; reports the outcome on `ready` first.
+fn run_runtime<F, Fut>(ready: &SyncSender<io::Result<()>>, make: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .with_entries(256)
+        .enable_timer()
+        .build()
+    {
+        Ok(mut rt) => {
+            let _ = ready.send(Ok(()));
+            rt.block_on(make());
+        }
+        Err(_) => match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => {
+                let _ = ready.send(Ok(()));
+                rt.block_on(make());
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+            }
+        },
+    }
+}
+
+fn hooks(apps: &[AppHooks]) -> Vec<Hook> {
+    let mut out = Vec::new();
+    for app in apps {
+        for config in &app.hooks {
+            let target = super::request::parse_url(&config.url);
+            let head = match &target {
+                Ok(t) => super::request::render_head(t, &app.key, &config.headers),
+                Err(e) => {
+                    eprintln!(
+                        "corecast: app {} webhook {}: {e}; its events are counted as failed",
+                        app.app_id, config.url
+                    );
+                    Vec::new()
+                }
+            };
+            out.push(Hook {
+                url: config.url.clone(),
+                secret: app.secret.clone(),
+                head,
+                target: target.map(Rc::new),
+                failing: false,
+            });
+        }
+    }
+    out
+}
+
+/// Why an attempt did not get a status code.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("connect failed: {0}")]
+    Connect(io::Error),
+    #[error("i/o error: {0}")]
+    Io(io::Error),
+    #[error("the receiver closed the connection before answering")]
+    Closed,
+    #[error(transparent)]
+    Malformed(#[from] MalformedResponse),
+    #[error("no answer within the request timeout")]
+    Timeout,
+}
+
+/// Results of finished attempts, handed from their tasks to the loop.
+#[derive(Default)]
+struct Finished {
+    results: RefCell<Vec<(usize, Result<u16, AttemptError>)>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Finished {
+    fn push(&self, id: usize, result: Result<u16, AttemptError>) {
+        self.results.borrow_mut().push((id, result));
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+struct Sender {
+    hooks: Vec<Hook>,
+    routes: Arc<Routes>,
+    settings: WebhookSettings,
+    shared: Arc<Shared>,
+    jobs: Receiver<Job>,
+    /// Every sender handle is gone: stop polling `jobs`.
+    closed: bool,
+    /// A job the wait took from `jobs` to learn it was non-empty; routed first next turn.
+    stash: RefCell<Option<Job>>,
+    batcher: Batcher,
+    scheduler: Scheduler,
+    finished: Rc<Finished>,
+}
+
+impl Sender {
+    fn new(
+        hooks: Vec<Hook>,
+        routes: Arc<Routes>,
+        settings: WebhookSettings,
+        shared: Arc<Shared>,
+        jobs: Receiver<Job>,
+    ) -> Self {
+        let window = settings.batching.then_some(settings.batching_window);
+        let policy = Policy {
+            max_attempts: settings.max_attempts.max(1),
+            first_retry: settings.first_retry,
+            max_retry_delay: settings.max_retry_delay,
+            max_in_flight: settings.max_in_flight.max(1),
+        };
+        Self {
+            batcher: Batcher::new(hooks.len(), window),
+            scheduler: Scheduler::new(policy),
+            hooks,
+            routes,
+            settings,
+            shared,
+            jobs,
+            closed: false,
+            stash: RefCell::new(None),
+            finished: Rc::default(),
+        }
+    }
+
+    async fn run(mut self) {
+        loop {
+            let now = Instant::now();
+            self.take_jobs(now);
+            self.take_results(now);
+            let stop = self.shared.stop.get().copied();
+            let mut ready = Vec::new();
+            if stop.is_some() {
+                self.batcher.flush(|b| ready.push(b));
+            } else {
+                self.batcher.poll_due(now, |b| ready.push(b));
+            }
+            for batch in ready {
+                self.deliver(batch);
+            }
+            while let Some(start) = self.scheduler.poll_start(now) {
+                self.start(start);
+            }
+            if let Some(deadline) = stop
+                && (now >= deadline || self.scheduler.is_idle())
+            {
+                return;
+            }
+            let wake_at = [
+                self.batcher.next_deadline(),
+                self.scheduler.next_deadline(),
+                stop,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            self.wait(wake_at, stop.is_some()).await;
+        }
+    }
+
+    /// Routes every queued job to its webhooks' batches.
+    fn take_jobs(&mut self, now: Instant) {
+        if let Some(job) = self.stash.get_mut().take() {
+            self.route(job, now);
+        }
+        while !self.closed {
+            match self.jobs.try_recv() {
+                Ok(job) => self.route(job, now),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.closed = true;
+                    self.shared
+                        .request_stop(now + self.settings.request_timeout);
+                }
+            }
+        }
+    }
+
+    fn route(&mut self, job: Job, now: Instant) {
+        let routes = Arc::clone(&self.routes);
+        let mut encoded: Option<Bytes> = None;
+        for hook in routes.matching(job.app, job.event.kind(), job.event.channel()) {
+            if self.hooks[hook].target.is_err() {
+                self.shared.unsupported.fetch_add(1, Ordering::Relaxed);
+                self.shared.resolve(&self.shared.failed, 1);
+                continue;
+            }
+            let event = encoded.get_or_insert_with(|| job.event.encode()).clone();
+            if let Some(batch) = self.batcher.push(hook, event, now) {
+                self.deliver(batch);
+            }
+        }
+    }
+
+    /// Turns a batch into a signed request and queues its delivery.
+    fn deliver(&mut self, batch: Batch) {
+        let hook = &self.hooks[batch.hook];
+        let time_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let body = encode_body(time_ms, &batch.events);
+        let request = build_request(&hook.head, &signature(&hook.secret, &body), &body);
+        self.scheduler
+            .add(batch.hook, Bytes::from(request), batch.events.len());
+    }
+
+    fn start(&self, start: Start) {
+        self.shared.requests.fetch_add(1, Ordering::Relaxed);
+        if start.attempt > 1 {
+            self.shared.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        let Ok(target) = self.hooks[start.hook].target.clone() else {
+            // Unsupported webhooks never get a delivery (see `route`).
+            self.finished.push(start.id, Err(AttemptError::Closed));
+            return;
+        };
+        let finished = Rc::clone(&self.finished);
+        let timeout = self.settings.request_timeout;
+        monoio::spawn(async move {
+            let result = monoio::time::timeout(timeout, post(&target, start.request))
+                .await
+                .unwrap_or(Err(AttemptError::Timeout));
+            finished.push(start.id, result);
+        });
+    }
+
+    fn take_results(&mut self, now: Instant) {
+        let results = std::mem::take(&mut *self.finished.results.borrow_mut());
+        for (id, result) in results {
+            let delivered = matches!(result, Ok(200..=299));
+            match self.scheduler.handle_outcome(id, delivered, now) {
+                Some(Resolution::Delivered { hook, events }) => {
+                    self.shared.resolve(&self.shared.delivered, events);
+                    let hook = &mut self.hooks[hook];
+                    if hook.failing {
+                        hook.failing = false;
+                        eprintln!("corecast: webhook {} delivers again", hook.url);
+                    }
+                }
+                Some(Resolution::Failed { hook, events }) => {
+                    self.shared.resolve(&self.shared.failed, events);
+                    let hook = &mut self.hooks[hook];
+                    if !hook.failing {
+                        hook.failing = true;
+                        let why = match result {
+                            Ok(status) => format!("HTTP status {status}"),
+                            Err(e) => e.to_string(),
+                        };
+                        eprintln!(
+                            "corecast: webhook {} failed after {} attempts ({why}); further failures are counted, not logged",
+                            hook.url, self.settings.max_attempts
+                        );
+                    }
+                }
+                Some(Resolution::Retry { .. }) | None => {}
+            }
+        }
+    }
+
+    /// Sleeps until a job or a result comes in, a stop is requested, or `until`.
+    async fn wait(&self, until: Option<Instant>, stopping: bool) {
+        let ready = poll_fn(|cx| {
+            if !self.finished.results.borrow().is_empty() {
+                return Poll::Ready(());
+            }
+            *self.finished.waker.borrow_mut() = Some(cx.waker().clone());
+            self.shared.waker.register(cx.waker());
+            self.shared.sleeping.store(true, Ordering::SeqCst);
+            let has_job = !self.closed
+                && match self.jobs.try_recv() {
+                    Ok(job) => {
+                        *self.stash.borrow_mut() = Some(job);
+                        true
+                    }
+                    // `take_jobs` sees it too and stops polling `jobs`.
+                    Err(TryRecvError::Disconnected) => true,
+                    Err(TryRecvError::Empty) => false,
+                };
+            if has_job || (!stopping && self.shared.stopping()) {
+                self.shared.sleeping.store(false, Ordering::SeqCst);
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        match until {
+            Some(at) => {
+                let _ = monoio::time::timeout_at(at.into(), ready).await;
+            }
+            None => ready.await,
+        }
+    }
+}
+
+/// One attempt: connect, send `request`, read the status code.
+async fn post(target: &HttpTarget, request: Bytes) -> Result<u16, AttemptError> {
+    let mut stream = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(AttemptError::Connect)?;
+    let (written, _) = stream.write_all(request).await;
+    written.map_err(AttemptError::Io)?;
+    let mut head = Vec::new();
+    loop {
+        let (read, buf) = stream.read(Vec::with_capacity(1024)).await;
+        let n = read.map_err(AttemptError::Io)?;
+        if n == 0 {
+            return Err(AttemptError::Closed);
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(status) = parse_status(&head)? {
+            return Ok(status);
+        }
+    }
+}
