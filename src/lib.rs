@@ -27,4 +27,5 @@ pub mod registry;
 pub mod server;
 pub mod shard;
 pub mod signals;
+pub mod webhooks;
 pub mod ws;

@@ -20,6 +20,7 @@ use crate::app::AppIdx;
 use crate::config::AppConfig;
 use crate::http::{self, Response};
 use crate::protocol::{ErrorCode, PROTOCOL_VERSION, connection_established, error_frame};
+use crate::registry::ConnKey;
 use crate::ws::{self, close_frame};
 
 /// Largest request head accepted; larger gets 431.
@@ -74,6 +75,9 @@ pub(super) async fn handle_connection(shard: Rc<Shard>, stream: TcpStream) {
         };
         Stats::add(&shard.stats.http_requests, 1);
         if http::is_upgrade(&head) {
+            // The head and its read buffer are not needed once the upgrade is decided; an
+            // idle WebSocket should hold nothing of its HTTP past.
+            drop(buf);
             return upgrade(shard, stream, head).await;
         }
         let keep_alive = http::keep_alive(&head);
@@ -117,6 +121,7 @@ async fn upgrade(shard: Rc<Shard>, stream: TcpStream, head: RequestHead) {
         .path()
         .strip_prefix("/app/")
         .filter(|k| !k.is_empty() && !k.contains('/'))
+        .map(str::to_owned)
     else {
         let _ = respond(&stream, &http::error(404, "Not found."), false).await;
         return;
@@ -136,7 +141,8 @@ async fn upgrade(shard: Rc<Shard>, stream: TcpStream, head: RequestHead) {
         return;
     }
     let query = crate::auth::parse_query(head.uri.query().unwrap_or(""));
-    let (app, refusal) = match shard.apps.by_key(key) {
+    drop(head);
+    let (app, refusal) = match shard.apps.by_key(&key) {
         None => (None, Some(ErrorCode::AppDoesNotExist)),
         Some((_, cfg)) if !cfg.enabled => (None, Some(ErrorCode::AppDisabled)),
         Some((idx, cfg)) => (
@@ -180,6 +186,13 @@ async fn upgrade(shard: Rc<Shard>, stream: TcpStream, head: RequestHead) {
     let timeout = shard.config.activity_timeout.as_secs();
     shard.send_to(key, connection_established(socket_id, timeout));
     shard.flush_dirty();
+    // The session gets a task of its own, so the HTTP task (with its request-sized
+    // state) ends here and an idle WebSocket keeps only what the session needs.
+    monoio::spawn(websocket(shard, key, stream));
+}
+
+/// A WebSocket's task: run the session, then leave every channel.
+async fn websocket(shard: Rc<Shard>, key: ConnKey, stream: Rc<TcpStream>) {
     session::run(&shard, key, &stream).await;
     session::cleanup(&shard, key);
     Stats::add(&shard.stats.connections_closed, 1);

@@ -71,7 +71,8 @@ impl Event {
         map.insert("name".into(), self.kind().as_str().into());
         map.insert("channel".into(), self.channel().into());
         match self {
-            Self::ChannelOccupied { .. } | Self::ChannelVacated { .. } | Self::CacheMiss { .. } => {}
+            Self::ChannelOccupied { .. } | Self::ChannelVacated { .. } | Self::CacheMiss { .. } => {
+            }
             Self::MemberAdded { user_id, .. } | Self::MemberRemoved { user_id, .. } => {
                 map.insert("user_id".into(), user_id.as_str().into());
             }

@@ -57,28 +57,40 @@ pub fn parse_url(url: &str) -> Result<HttpTarget, UrlError> {
     }
     let authority = uri.authority().ok_or(UrlError::Invalid("no host"))?;
     if authority.as_str().contains('@') {
-        return Err(UrlError::Invalid("credentials in the URL are not supported"));
+        return Err(UrlError::Invalid(
+            "credentials in the URL are not supported",
+        ));
     }
     let host = authority.host();
     if host.is_empty() {
         return Err(UrlError::Invalid("no host"));
     }
-    let port = match authority.port() {
-        Some(_) => authority.port_u16().ok_or(UrlError::Invalid("bad port"))?,
-        None => 80,
+    // The authority is `host[:port]` (no credentials, checked above); `Authority::port`
+    // reads an out-of-range port as none, so parse it here.
+    let port = match authority.as_str().get(host.len()..) {
+        Some("") => 80,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|p| p.parse::<u16>().ok())
+            .ok_or(UrlError::Invalid("bad port"))?,
+        None => return Err(UrlError::Invalid("no host")),
     };
     let authority = if port == 80 {
         host.to_owned()
     } else {
         format!("{host}:{port}")
     };
-    let path = uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let path = if path.is_empty() { "/".to_owned() } else { path };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let path = if path.is_empty() {
+        "/".to_owned()
+    } else {
+        path
+    };
     Ok(HttpTarget {
-        host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
         port,
         authority,
         path,
@@ -151,9 +163,7 @@ pub fn parse_status(buf: &[u8]) -> Result<Option<u16>, MalformedResponse> {
     if !code.iter().all(u8::is_ascii_digit) || rest.get(3).is_some_and(|&b| b != b' ') {
         return Err(MalformedResponse);
     }
-    let code = code
-        .iter()
-        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    let code = code.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
     Ok(Some(code))
 }
 
@@ -248,10 +258,16 @@ mod tests {
         assert_eq!(parse_status(b""), Ok(None));
         assert_eq!(parse_status(b"HTTP/1.1 20"), Ok(None));
         assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n"), Ok(Some(200)));
-        assert_eq!(parse_status(b"HTTP/1.0 500 Oops\r\nA: b\r\n"), Ok(Some(500)));
+        assert_eq!(
+            parse_status(b"HTTP/1.0 500 Oops\r\nA: b\r\n"),
+            Ok(Some(500))
+        );
         assert_eq!(parse_status(b"HTTP/1.1 204\r\n"), Ok(Some(204)));
         assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), Err(MalformedResponse));
         assert_eq!(parse_status(b"HTTP/1.1 2x0 OK\r\n"), Err(MalformedResponse));
-        assert_eq!(parse_status(&[b'a'; MAX_RESPONSE_HEAD + 1]), Err(MalformedResponse));
+        assert_eq!(
+            parse_status(&[b'a'; MAX_RESPONSE_HEAD + 1]),
+            Err(MalformedResponse)
+        );
     }
 }

@@ -119,7 +119,9 @@ pub(crate) fn spawn(
         .spawn(move || {
             run_runtime(&ready_tx, move || async move {
                 let hooks = hooks(&apps);
-                Sender::new(hooks, routes, settings, shared, jobs).run().await;
+                Sender::new(hooks, routes, settings, shared, jobs)
+                    .run()
+                    .await;
             });
         })?;
     match ready_rx.recv() {
@@ -128,7 +130,9 @@ pub(crate) fn spawn(
             let _ = thread.join();
             Err(e)
         }
-        Err(_) => Err(io::Error::other("the webhook sender thread exited at start")),
+        Err(_) => Err(io::Error::other(
+            "the webhook sender thread exited at start",
+        )),
     }
 }
 
@@ -250,10 +254,11 @@ impl Sender {
             first_retry: settings.first_retry,
             max_retry_delay: settings.max_retry_delay,
             max_in_flight: settings.max_in_flight.max(1),
+            max_in_flight_per_hook: settings.max_in_flight_per_hook.max(1),
         };
         Self {
             batcher: Batcher::new(hooks.len(), window),
-            scheduler: Scheduler::new(policy),
+            scheduler: Scheduler::new(policy, hooks.len()),
             hooks,
             routes,
             settings,

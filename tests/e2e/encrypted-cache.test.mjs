@@ -21,6 +21,7 @@ import {
   rawSubscribe,
   rawSubscribeSigned,
   shardHint,
+  subscribe,
   withTimeout,
 } from './protocol-helpers.mjs';
 
@@ -96,6 +97,31 @@ describe('encrypted and cache channels over 2 shards', { timeout: 60_000 }, () =
     assert.deepEqual(await messagesAfter(other, (m) => m.event === 'client-typing', 200), [], 'the client event was relayed');
   });
 
+  test('pusher_js_decrypts_events_the_pusher_library_encrypted_on_both_shards', { timeout: 20_000 }, async () => {
+    // The whole end-to-end path: the library encrypts with the master key, the server relays
+    // the ciphertext untouched, pusher-js (with its bundled tweetnacl) decrypts with the
+    // shared_secret its auth endpoint returned.
+    const masterKey = Buffer.alloc(32, 7).toString('base64');
+    const encrypting = restClient(server.port, { encryptionMasterKeyBase64: masterKey });
+    const channel = 'private-encrypted-e2e';
+    const clients = [];
+    for (let i = 0; i < 6; i++) {
+      clients.push(
+        resources.add(
+          await connectedAuthed(server.port, { authorize: (socketId, name) => encrypting.authorizeChannel(socketId, name) }),
+        ),
+      );
+    }
+    const channels = [];
+    for (const c of clients) channels.push(await subscribe(c, channel));
+    const received = channels.map((ch) => once(ch, 'secret-news', 5_000));
+    const payload = { headline: 'sealed', n: 42, text: 'ünïcode ✓' };
+    assert.equal((await encrypting.trigger(channel, 'secret-news', payload)).status, 200);
+    for (const [i, got] of received.entries()) {
+      assert.deepEqual(await got, payload, `client on shard ${shardHint(clients[i].socketId)} could not decrypt`);
+    }
+  });
+
   // ---- cache ----------------------------------------------------------------------
 
   test('cache_channel_sends_the_last_event_right_after_subscription_succeeded', { timeout: 15_000 }, async () => {
@@ -112,6 +138,19 @@ describe('encrypted and cache channels over 2 shards', { timeout: 60_000 }, () =
     }
     for (const s of subs) {
       assert.deepEqual(await messagesAfter(s, (m) => m.event === 'pusher:cache_miss', 0), [], 'cache_miss sent although an event was cached');
+    }
+  });
+
+  test('cache_keeps_the_newest_of_many_publishes_whichever_shard_took_them', { timeout: 15_000 }, async () => {
+    // Each library request is a new TCP connection, so SO_REUSEPORT hands the ten publishes
+    // to either shard; the cache must still hold the last one.
+    const channel = 'cache-many';
+    for (let v = 0; v < 10; v++) assert.equal((await rest.trigger(channel, 'version', { v })).status, 200);
+    const subs = await rawMany(6);
+    for (const s of subs) {
+      await rawSubscribeSigned(s, channel);
+      const cached = await s.nextEvent('version', channel);
+      assert.equal(cached.data, '{"v":9}', `socket on shard ${shardHint(s.socketId)} got ${cached.data}`);
     }
   });
 

@@ -108,6 +108,21 @@ describe('REST reads over 2 shards', { timeout: 60_000 }, () => {
     for (const u of body.users) assert.deepEqual(Object.keys(u), ['id']);
   });
 
+  test('users_drops_a_user_once_its_last_socket_leaves', { timeout: 20_000 }, async () => {
+    await subscribers('presence-shrinking', 1, () => 'stays');
+    const goes = await subscribers('presence-shrinking', 3, () => 'goes');
+    const ids = async () => (await get('/channels/presence-shrinking/users')).users.map((u) => u.id).sort();
+    assert.deepEqual(await ids(), ['goes', 'stays']);
+    goes[0].unsubscribe('presence-shrinking');
+    goes[1].disconnect();
+    await waitFor(async () => (await get('/channels/presence-shrinking', { info: 'subscription_count' })).subscription_count === 2, 5_000, 'two sockets left');
+    assert.deepEqual(await ids(), ['goes', 'stays'], 'a user with a socket left was dropped');
+    goes[2].disconnect();
+    await waitFor(async () => (await ids()).length === 1, 5_000, 'goes to be dropped');
+    assert.deepEqual(await ids(), ['stays']);
+    assert.deepEqual(await get('/channels/presence-shrinking', { info: 'user_count' }), { occupied: true, user_count: 1 });
+  });
+
   test('users_of_a_non_presence_channel_is_400', async () => {
     await subscribers('private-not-presence', 1);
     await assert.rejects(rest.get({ path: '/channels/private-not-presence/users' }), (err) => {

@@ -84,6 +84,22 @@ describe('user authentication over 2 shards', { timeout: 60_000 }, () => {
     assert.equal(c.connection.state, 'connected');
   });
 
+  test('pusher_js_signin_draws_no_subscription_error_for_its_server_to_user_channel', async () => {
+    // After signin_success pusher-js itself subscribes to `#server-to-user-<id>`
+    // (src/core/user.ts, _subscribeChannels); an app watching for subscription errors must
+    // not see one for a channel it never asked for.
+    const c = await client({ id: 'u-quiet' });
+    const errors = [];
+    c.connection.bind('message', (m) => {
+      if (m.event === 'pusher:subscription_error' || m.event === 'pusher:error') errors.push(m);
+    });
+    await signedIn(c);
+    const fence = withTimeout(new Promise((resolve) => c.user.bind('fence', resolve)), 5_000, 'the fence event');
+    await rest.sendToUser('u-quiet', 'fence', {});
+    await fence;
+    assert.deepEqual(errors, [], 'the server answered pusher-js signin flow with an error');
+  });
+
   test('raw_signin_gets_signin_success_echoing_user_data', async () => {
     const c = await raw();
     await rawSignin(c, { id: 'raw-user', name: 'Raw' });

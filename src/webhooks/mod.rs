@@ -1,0 +1,266 @@
+//! Webhooks in Pusher's format: batching (pure) and sending (IO, on its own thread).
+//!
+//! A shard asks [`Webhooks::wants`] before building an event, then [`Webhooks::send`]s it;
+//! `send` never blocks: it queues the event for the sender thread, or drops and counts it when
+//! `max_queue` events already wait. The sender routes each event to the app's webhooks whose
+//! `event_types` and filter match, batches per webhook, signs each body
+//! (`X-Pusher-Signature` = hex HMAC-SHA256 of the body with the app secret, `X-Pusher-Key` =
+//! app key) and POSTs it, retrying failures with capped exponential backoff.
+//!
+//! Counts are per event copy: an event two webhooks want counts twice. Batches to one
+//! webhook may arrive out of order when one is retried; receivers can order by `time_ms`.
+//!
+//! # Layout
+//!
+//! - `event.rs`: [`Event`] and its JSON form.
+//! - `route.rs`: which webhooks want an event.
+//! - `batch.rs`: per-webhook batches, the body and its signature (sans-IO).
+//! - `request.rs`: URL parsing, request bytes, status line (sans-IO).
+//! - `schedule.rs`: attempts, backoff and the in-flight bound (sans-IO).
+//! - `sender.rs`: the thread, its monoio runtime, and the HTTP attempt.
+
+mod batch;
+mod event;
+mod request;
+mod route;
+mod schedule;
+mod sender;
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use batch::{Batch, Batcher, MAX_BATCH_EVENTS, encode_body, signature};
+pub use event::Event;
+pub use request::UrlError;
+
+use crate::config::{AppConfig, Config, WebhookConfig, WebhookEvent};
+use route::Routes;
+use sender::{Job, Shared};
+
+/// What an app's webhooks need: key, secret, and its webhook configs.
+#[derive(Debug, Clone)]
+pub struct AppHooks {
+    /// The app id, named in log lines.
+    pub app_id: String,
+    /// Sent as `X-Pusher-Key`.
+    pub key: String,
+    /// Signs every body (`X-Pusher-Signature`).
+    pub secret: String,
+    /// Where its events go.
+    pub hooks: Vec<WebhookConfig>,
+}
+
+impl AppHooks {
+    /// The webhook part of an app's config.
+    #[must_use]
+    pub fn from_config(app: &AppConfig) -> Self {
+        Self {
+            app_id: app.id.clone(),
+            key: app.key.clone(),
+            secret: app.secret.clone(),
+            hooks: app.webhooks.clone(),
+        }
+    }
+}
+
+/// How the sender batches, retries and bounds its work.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Collect events per webhook for `batching_window` and send them in one body
+    /// (`SOKETI_WEBHOOKS_BATCHING`); off: one request per event, as Soketi's default.
+    pub batching: bool,
+    /// How long a batch collects (`SOKETI_WEBHOOKS_BATCHING_DURATION`), 50 ms.
+    pub batching_window: Duration,
+    /// Attempts per request, the first included, 5.
+    pub max_attempts: u32,
+    /// Wait before the first retry, 500 ms; doubles after each failure.
+    pub first_retry: Duration,
+    /// Longest wait between two attempts, 10 s.
+    pub max_retry_delay: Duration,
+    /// Limit on one attempt: connect, send, and the status line, 5 s.
+    pub request_timeout: Duration,
+    /// Events (per webhook copy) waiting or in flight before new ones are dropped and
+    /// counted, 10 000. Bounds the sender's memory when receivers are slow or down.
+    pub max_queue: usize,
+    /// Attempts running at once, 64.
+    pub max_in_flight: usize,
+    /// Attempts running at once to one webhook, 16, so a hanging receiver holds at most
+    /// this many slots and the other webhooks keep theirs.
+    pub max_in_flight_per_hook: usize,
+}
+
+impl WebhookSettings {
+    /// The defaults listed on each field.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            batching: false,
+            batching_window: Duration::from_millis(50),
+            max_attempts: 5,
+            first_retry: Duration::from_millis(500),
+            max_retry_delay: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
+            max_queue: 10_000,
+            max_in_flight: 64,
+            max_in_flight_per_hook: 16,
+        }
+    }
+
+    /// The defaults, with batching as `config` says.
+    #[must_use]
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            batching: config.webhooks_batching,
+            batching_window: config.webhooks_batching_duration,
+            ..Self::new()
+        }
+    }
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Counters for metrics, per event copy (one per webhook an event goes to).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WebhookStats {
+    /// HTTP requests attempted, retries included.
+    pub requests: u64,
+    /// Events in requests answered 2xx.
+    pub delivered: u64,
+    /// Events given up: every attempt failed, or the URL is unsupported.
+    pub failed: u64,
+    /// Events not queued: the queue was full, or the sender was stopping.
+    pub dropped: u64,
+    /// Attempts after the first.
+    pub retries: u64,
+    /// Of `failed`, events for webhooks whose URL cannot be used (`https://` for now).
+    pub unsupported: u64,
+    /// Events queued, batched or in flight right now.
+    pub queued: u64,
+}
+
+/// Cheap cloneable handle used by shard threads; `send` never blocks.
+#[derive(Clone, Default)]
+pub struct Webhooks {
+    /// `None`: no app has a webhook; every call is a no-op.
+    inner: Option<Arc<Handle>>,
+}
+
+struct Handle {
+    jobs: Sender<Job>,
+    shared: Arc<Shared>,
+    routes: Arc<Routes>,
+    max_queue: usize,
+    /// How long the sender may finish its work when every handle is dropped unstopped.
+    drop_grace: Duration,
+    /// Joined by the first `flush_and_stop`.
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.request_stop(Instant::now() + self.drop_grace);
+    }
+}
+
+impl Webhooks {
+    /// Starts the sender thread (its own monoio runtime) for these apps (index = app index
+    /// in the config's app list). Without any webhook, returns [`Webhooks::disabled`].
+    pub fn start(apps: Vec<AppHooks>, settings: WebhookSettings) -> io::Result<Webhooks> {
+        let routes = Arc::new(Routes::new(apps.iter().map(|a| a.hooks.as_slice())));
+        if routes.is_empty() {
+            return Ok(Self::disabled());
+        }
+        let shared = Arc::new(Shared::default());
+        let (jobs, rx) = mpsc::channel();
+        let handle = Handle {
+            jobs,
+            shared: Arc::clone(&shared),
+            routes: Arc::clone(&routes),
+            max_queue: settings.max_queue,
+            drop_grace: settings.request_timeout,
+            thread: Mutex::new(None),
+        };
+        let thread = sender::spawn(apps, routes, settings, shared, rx)?;
+        *handle.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread);
+        Ok(Self {
+            inner: Some(Arc::new(handle)),
+        })
+    }
+
+    /// A handle that sends nothing (apps without webhooks), so callers need no `Option`.
+    #[must_use]
+    pub fn disabled() -> Webhooks {
+        Self { inner: None }
+    }
+
+    /// Whether app `app` has any webhook interested in `kind` for `channel` (filters
+    /// applied), so shards can skip building events nobody wants.
+    #[must_use]
+    pub fn wants(&self, app: usize, kind: WebhookEvent, channel: &str) -> bool {
+        self.inner
+            .as_ref()
+            .is_some_and(|h| h.routes.matching(app, kind, channel).next().is_some())
+    }
+
+    /// Queues an event for app `app`; it goes to each of the app's webhooks whose
+    /// event_types and filter match. Never blocks: past `max_queue` it is dropped and counted.
+    pub fn send(&self, app: usize, event: Event) {
+        let Some(h) = &self.inner else { return };
+        let copies = h
+            .routes
+            .matching(app, event.kind(), event.channel())
+            .count();
+        if copies == 0 {
+            return;
+        }
+        let shared = &h.shared;
+        let queued = shared.queued.fetch_add(copies, Ordering::Relaxed);
+        if shared.stopping() || queued + copies > h.max_queue {
+            shared.queued.fetch_sub(copies, Ordering::Relaxed);
+            shared.dropped.fetch_add(copies as u64, Ordering::Relaxed);
+            return;
+        }
+        if h.jobs.send(Job { app, event }).is_err() {
+            shared.queued.fetch_sub(copies, Ordering::Relaxed);
+            shared.dropped.fetch_add(copies as u64, Ordering::Relaxed);
+            return;
+        }
+        shared.notify();
+    }
+
+    /// Counters for metrics: requests, delivered, failed, dropped, retries.
+    #[must_use]
+    pub fn stats(&self) -> WebhookStats {
+        self.inner
+            .as_ref()
+            .map_or_else(WebhookStats::default, |h| h.shared.stats())
+    }
+
+    /// Stops taking events and tries to deliver what is queued within `grace`, without
+    /// waiting for batch windows; returns how many events were left undelivered (still
+    /// queued or in flight at the deadline; those that failed earlier are in
+    /// [`WebhookStats::failed`]). Later calls, and calls on clones, return 0 at once after
+    /// the first one finished.
+    pub fn flush_and_stop(&self, grace: Duration) -> usize {
+        let Some(h) = &self.inner else { return 0 };
+        h.shared.request_stop(Instant::now() + grace);
+        let thread = h
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(thread) = thread else { return 0 };
+        if thread.join().is_err() {
+            eprintln!("corecast: the webhook sender thread panicked");
+        }
+        h.shared.queued.load(Ordering::Relaxed)
+    }
+}
