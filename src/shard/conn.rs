@@ -113,32 +113,24 @@ impl Outbound {
         self.bytes = 0;
     }
 
-    /// Writes as much as the socket takes without blocking.
+    /// Writes as much as the socket takes without blocking: one `send` for a lone frame
+    /// (the common case), one `sendmsg` for several.
     pub fn flush(&mut self, fd: RawFd) -> Flushed {
-        while !self.frames.is_empty() {
-            let mut iov = [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; MAX_IOVECS];
-            let mut n = 0;
-            for (i, frame) in self.frames.iter().take(MAX_IOVECS).enumerate() {
-                let part = if i == 0 {
-                    &frame[self.offset..]
-                } else {
-                    &frame[..]
-                };
-                iov[i] = libc::iovec {
-                    iov_base: part.as_ptr() as *mut _,
-                    iov_len: part.len(),
-                };
-                n += 1;
-            }
-            // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = iov.as_mut_ptr();
-            msg.msg_iovlen = n;
-            // SAFETY: every iovec points into a `Bytes` held by `self.frames` for the call.
-            let sent = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        while let Some(front) = self.frames.front() {
+            let sent = if self.frames.len() == 1 {
+                let part = &front[self.offset..];
+                // SAFETY: `part` is valid for reads of its length during the call.
+                unsafe {
+                    libc::send(
+                        fd,
+                        part.as_ptr().cast(),
+                        part.len(),
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                }
+            } else {
+                self.send_vectored(fd)
+            };
             if sent < 0 {
                 let err = io::Error::last_os_error();
                 return match err.kind() {
@@ -151,6 +143,33 @@ impl Outbound {
         }
         self.frames = VecDeque::new();
         Flushed::Done
+    }
+
+    /// One `sendmsg` carrying up to [`MAX_IOVECS`] queued frames.
+    fn send_vectored(&self, fd: RawFd) -> isize {
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_IOVECS];
+        let mut n = 0;
+        for (slot, (i, frame)) in iov.iter_mut().zip(self.frames.iter().enumerate()) {
+            let part = if i == 0 {
+                &frame[self.offset..]
+            } else {
+                &frame[..]
+            };
+            *slot = libc::iovec {
+                iov_base: part.as_ptr() as *mut _,
+                iov_len: part.len(),
+            };
+            n += 1;
+        }
+        // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = n;
+        // SAFETY: every iovec points into a `Bytes` held by `self.frames` for the call.
+        unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) }
     }
 
     fn advance(&mut self, mut sent: usize) {

@@ -17,6 +17,7 @@
 //! - `batch.rs`: per-webhook batches, the body and its signature (sans-IO).
 //! - `request.rs`: URL parsing, request bytes, status line (sans-IO).
 //! - `schedule.rs`: attempts, backoff and the in-flight bound (sans-IO).
+//! - `shared.rs`: the wake-up, stop request and counters shared with the sender thread.
 //! - `sender.rs`: the thread, its monoio runtime, and the HTTP attempt.
 
 mod batch;
@@ -25,6 +26,7 @@ mod request;
 mod route;
 mod schedule;
 mod sender;
+mod shared;
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -39,7 +41,7 @@ pub use request::UrlError;
 
 use crate::config::{AppConfig, Config, WebhookConfig, WebhookEvent};
 use route::Routes;
-use sender::{Job, Shared};
+use shared::{Job, Shared};
 
 /// What an app's webhooks need: key, secret, and its webhook configs.
 #[derive(Debug, Clone)]

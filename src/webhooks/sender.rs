@@ -13,86 +13,23 @@ use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
-use std::sync::{Arc, OnceLock};
 use std::task::{Poll, Waker};
 use std::thread::{self, JoinHandle};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use super::batch::{Batch, Batcher, encode_body, signature};
-use super::event::Event;
 use super::request::{HttpTarget, MalformedResponse, UrlError, build_request, parse_status};
 use super::route::Routes;
 use super::schedule::{Policy, Resolution, Scheduler, Start};
-use super::{AppHooks, WebhookSettings, WebhookStats};
-
-/// One queued event, as a shard hands it over.
-pub(crate) struct Job {
-    pub app: usize,
-    pub event: Event,
-}
-
-/// What the shards and the sender thread share: the wake-up, the stop request, counters.
-#[derive(Debug, Default)]
-pub(crate) struct Shared {
-    waker: AtomicWaker,
-    /// Set by the sender just before it parks; a producer that clears it wakes it.
-    sleeping: AtomicBool,
-    /// When set, the sender stops taking its time: it sends everything at once and exits
-    /// when done or at this instant, whichever is first.
-    stop: OnceLock<Instant>,
-    /// Event copies (one per webhook) accepted and not yet delivered, failed or dropped.
-    pub queued: AtomicUsize,
-    pub requests: AtomicU64,
-    pub delivered: AtomicU64,
-    pub failed: AtomicU64,
-    pub dropped: AtomicU64,
-    pub retries: AtomicU64,
-    pub unsupported: AtomicU64,
-}
-
-impl Shared {
-    /// Wakes the sender if it sleeps; called after queuing a job.
-    pub fn notify(&self) {
-        if self.sleeping.swap(false, Ordering::SeqCst) {
-            self.waker.wake();
-        }
-    }
-
-    /// Asks the sender to finish by `deadline` (the first request wins) and wakes it.
-    pub fn request_stop(&self, deadline: Instant) {
-        let _ = self.stop.set(deadline);
-        self.waker.wake();
-    }
-
-    pub fn stopping(&self) -> bool {
-        self.stop.get().is_some()
-    }
-
-    pub fn stats(&self) -> WebhookStats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        WebhookStats {
-            requests: get(&self.requests),
-            delivered: get(&self.delivered),
-            failed: get(&self.failed),
-            dropped: get(&self.dropped),
-            retries: get(&self.retries),
-            unsupported: get(&self.unsupported),
-            queued: self.queued.load(Ordering::Relaxed) as u64,
-        }
-    }
-
-    fn resolve(&self, counter: &AtomicU64, events: usize) {
-        counter.fetch_add(events as u64, Ordering::Relaxed);
-        self.queued.fetch_sub(events, Ordering::Relaxed);
-    }
-}
+use super::shared::{Job, Shared};
+use super::{AppHooks, WebhookSettings};
 
 /// A webhook as the sender needs it.
 struct Hook {
