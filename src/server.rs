@@ -1,5 +1,5 @@
-//! Starting the server: build the app table and the ring mesh, start one shard per core,
-//! and wait for them.
+//! Starting the server: build the app table, the ring mesh, the webhook sender and the
+//! metrics registry, start one shard per core, and stop them gracefully.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,7 +10,9 @@ use std::thread::JoinHandle;
 use crate::app::AppTable;
 use crate::config::Config;
 use crate::fanout::{self, InboxWaker};
+use crate::metrics::{self, MetricsServer, Registry, Sample, ShardMetrics};
 use crate::shard::{self, ServerState};
+use crate::webhooks::{AppHooks, WebhookSettings, Webhooks};
 
 /// A running server: its shards' threads and the address they listen on.
 pub struct Server {
@@ -19,22 +21,41 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
     state: Arc<ServerState>,
     wakers: Vec<InboxWaker>,
+    webhooks: Webhooks,
+    metrics: Option<MetricsServer>,
+    config: Arc<Config>,
 }
 
 impl Server {
-    /// Asks every shard to stop: no new connections, `pusher:error` 4200 to every client,
-    /// REST requests in flight finish; each shard stops within the grace period.
+    /// Asks every shard to stop: new WebSockets are refused and `/ready` answers 503,
+    /// every client gets `pusher:error` 4200, REST requests in flight finish; each shard
+    /// stops within the grace period.
     pub fn shutdown(&self) {
         self.state.shutting_down.store(true, Ordering::Release);
+        if let Some(m) = &self.metrics {
+            m.set_ready(false);
+        }
         for w in &self.wakers {
             w.poke();
         }
     }
 
-    /// Waits for every shard to stop.
+    /// Waits for every shard to stop, then gives queued webhooks what is left of the
+    /// grace period and reports any that could not be delivered.
     pub fn join(self) {
+        let started = std::time::Instant::now();
         for t in self.threads {
             let _ = t.join();
+        }
+        let grace = self
+            .config
+            .shutdown_grace_period
+            .saturating_sub(started.elapsed());
+        let left = self
+            .webhooks
+            .flush_and_stop(grace.max(std::time::Duration::from_millis(200)));
+        if left > 0 {
+            eprintln!("corecast: {left} webhook events were not delivered before shutdown");
         }
     }
 }
@@ -44,6 +65,13 @@ pub fn start(config: Config) -> io::Result<Server> {
     let shards = config.shards.max(1);
     let config = Arc::new(Config { shards, ..config });
     let apps = Arc::new(AppTable::new(config.apps.clone()));
+    let webhooks = Webhooks::start(
+        config.apps.iter().map(AppHooks::from_config).collect(),
+        WebhookSettings::from_config(&config),
+    )?;
+    let shard_metrics: Vec<Arc<ShardMetrics>> = (0..shards)
+        .map(|_| Arc::new(ShardMetrics::new(apps.len())))
+        .collect();
     let node = node_id();
     let (tx, rx) = std::sync::mpsc::channel();
     let all_bound = Arc::new(std::sync::Barrier::new(shards));
@@ -57,11 +85,15 @@ pub fn start(config: Config) -> io::Result<Server> {
         wakers.push(links.1.waker());
         threads.push(shard::spawn(
             id,
-            Arc::clone(&config),
-            Arc::clone(&apps),
+            shard::Context {
+                config: Arc::clone(&config),
+                apps: Arc::clone(&apps),
+                node,
+                server: Arc::clone(&state),
+                metrics: Arc::clone(&shard_metrics[id]),
+                webhooks: webhooks.clone(),
+            },
             links,
-            node,
-            Arc::clone(&state),
             shard::Startup {
                 ready: tx.clone(),
                 all_bound: Arc::clone(&all_bound),
@@ -78,12 +110,66 @@ pub fn start(config: Config) -> io::Result<Server> {
         }
     }
     let addr = addr.ok_or_else(|| io::Error::other("no shard started"))?;
+    let metrics = if config.metrics_enabled {
+        let mut registry = Registry::new(
+            &config.metrics_prefix,
+            addr.port(),
+            config.apps.iter().map(|a| a.id.clone()).collect(),
+            shard_metrics,
+        );
+        let hooks = webhooks.clone();
+        registry.add_source(Box::new(move || webhook_samples(&hooks)));
+        let server = metrics::serve(
+            Arc::new(registry),
+            &config.metrics_host,
+            config.metrics_port,
+        )?;
+        eprintln!("corecast: metrics on {}", server.addr);
+        Some(server)
+    } else {
+        None
+    };
     Ok(Server {
         addr,
         threads,
         state,
         wakers,
+        webhooks,
+        metrics,
+        config,
     })
+}
+
+/// The webhook sender's counters as `corecast_webhook_*` series.
+fn webhook_samples(hooks: &Webhooks) -> Vec<Sample> {
+    let s = hooks.stats();
+    vec![
+        Sample::counter(
+            "corecast_webhook_requests_total",
+            "Webhook HTTP requests sent.",
+            s.requests as f64,
+        ),
+        Sample::counter(
+            "corecast_webhook_delivered_total",
+            "Webhook events delivered.",
+            s.delivered as f64,
+        ),
+        Sample::counter(
+            "corecast_webhook_failed_total",
+            "Webhook events given up after all retries.",
+            s.failed as f64,
+        ),
+        Sample::counter(
+            "corecast_webhook_dropped_total",
+            "Webhook events dropped on a full queue.",
+            s.dropped as f64,
+        ),
+        Sample::counter(
+            "corecast_webhook_retries_total",
+            "Webhook delivery retries.",
+            s.retries as f64,
+        ),
+    ]
 }
 
 /// A per-process socket-id prefix below 10^9, from the clock and the pid.

@@ -20,8 +20,18 @@ cargo --version
 node --version
 
 # ---- system services --------------------------------------------------------
-# Services the suites need are installed and started here, e.g. redis for the
-# redis adapter tests (apt-get install -y redis-server when it is missing).
+# The redis adapter tests start their own redis-server on free ports; install it
+# when the machine lacks it.
+if ! command -v redis-server >/dev/null 2>&1; then
+  step "apt-get install -y redis-server"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+  fi
+  # Debian starts a system instance on 6379; the tests do not use it.
+  (service redis-server stop || true) >/dev/null 2>&1
+fi
 
 # ---- Rust ---------------------------------------------------------------------
 step "cargo fmt --check"

@@ -28,6 +28,8 @@ pub enum Envelope {
         except: Option<SocketId>,
         /// An app event on a cache channel: keep it as the channel's last event.
         cache: bool,
+        /// When it was published, for the delivery latency histogram.
+        at: std::time::Instant,
     },
     /// To a presence channel's home shard: a socket on shard `from` joins as `user_id`.
     PresenceJoin {
@@ -63,6 +65,12 @@ pub enum Envelope {
     },
     /// This shard's part of query `id`.
     Reply { id: u64, reply: QueryReply },
+    /// To the home shard: `channel` became occupied (+1) or vacated (-1) on one shard.
+    Occupancy {
+        app: AppIdx,
+        channel: Arc<str>,
+        delta: i8,
+    },
     /// Close every local socket signed in as `user_id` (4009).
     TerminateUser { app: AppIdx, user_id: Arc<str> },
 }
@@ -231,6 +239,12 @@ impl Inbox {
         .await;
     }
 
+    /// Envelopes waiting in all rings (the ring-depth gauge).
+    #[must_use]
+    pub fn depth(&self) -> usize {
+        self.rings.iter().map(Consumer::slots).sum()
+    }
+
     fn has_items(&self) -> bool {
         self.signal.poked.swap(false, Ordering::SeqCst) || self.rings.iter().any(|r| !r.is_empty())
     }
@@ -247,6 +261,7 @@ mod tests {
             frame: Bytes::from(n.to_string()),
             except: None,
             cache: false,
+            at: std::time::Instant::now(),
         }
     }
 

@@ -67,7 +67,7 @@ fn admit(shard: &Shard, app: AppIdx, points: usize) -> Result<(), Response> {
         .usage(app)
         .backend_events
         .try_acquire_n(now, points as u64, limit)
-        .map_err(|retry| super::too_many(shard, retry))
+        .map_err(|retry| super::too_many(shard, retry, crate::metrics::Counter::RateLimitedBackend))
 }
 
 /// A channel's attributes named in `info`, counted over every shard.

@@ -12,6 +12,7 @@ use http::{Method, Version, header};
 use monoio_http::common::request::RequestHead;
 
 use crate::auth;
+use crate::metrics::Counter;
 use crate::shard::Shard;
 
 /// A response ready to encode.
@@ -95,6 +96,14 @@ fn reason(status: u16) -> &'static str {
         503 => "Service Unavailable",
         _ => "Error",
     }
+}
+
+/// The app a REST path names (`/apps/{id}/...`), for per-app HTTP metrics.
+#[must_use]
+pub fn app_of(apps: &crate::app::AppTable, head: &RequestHead) -> Option<crate::app::AppIdx> {
+    let rest = head.uri.path().strip_prefix("/apps/")?;
+    let id = rest.split('/').next()?;
+    apps.by_id(id).map(|(idx, _)| idx)
 }
 
 /// Whether the request asks for a WebSocket upgrade.
@@ -189,7 +198,7 @@ pub async fn handle(shard: &Rc<Shard>, head: &RequestHead, body: &mut BytesMut) 
             .read_requests
             .try_acquire(now, limit)
     {
-        return too_many(shard, retry);
+        return too_many(shard, retry, Counter::RateLimitedRead);
     }
     match segments.as_slice() {
         ["events"] if post => events::trigger(shard, app_idx, body).await,
@@ -210,8 +219,8 @@ pub async fn handle(shard: &Rc<Shard>, head: &RequestHead, body: &mut BytesMut) 
 }
 
 /// 429 with `Retry-After`, counted.
-pub(crate) fn too_many(shard: &Shard, retry_after_secs: u64) -> Response {
-    crate::shard::Stats::add(&shard.stats.rate_limited, 1);
+pub(crate) fn too_many(shard: &Shard, retry_after_secs: u64, kind: Counter) -> Response {
+    shard.metrics.inc(kind, 1);
     let mut resp = error(429, "Too many requests for this app; slow down.");
     resp.headers
         .push(("Retry-After", retry_after_secs.to_string()));

@@ -15,10 +15,11 @@ use monoio_http::common::request::RequestHead;
 use monoio_http::h1::codec::decoder::RequestHeadDecoder;
 
 use super::conn::{self, Conn, Outbound, write_all};
-use super::{Shard, Stats, session};
+use super::{Shard, session};
 use crate::app::AppIdx;
 use crate::config::AppConfig;
 use crate::http::{self, Response};
+use crate::metrics::Counter;
 use crate::protocol::{ErrorCode, PROTOCOL_VERSION, connection_established, error_frame};
 use crate::registry::ConnKey;
 use crate::ws::{self, close_frame};
@@ -51,6 +52,7 @@ async fn read_more(shard: &Shard, stream: &TcpStream, buf: &mut BytesMut) -> boo
 pub(super) async fn handle_connection(shard: Rc<Shard>, stream: TcpStream) {
     let mut buf = BytesMut::new();
     loop {
+        let buffered = buf.len();
         let head = match RequestHeadDecoder.decode(&mut buf) {
             Ok(Decoded::Some(head)) => head,
             Ok(_) => {
@@ -73,7 +75,6 @@ pub(super) async fn handle_connection(shard: Rc<Shard>, stream: TcpStream) {
                 return;
             }
         };
-        Stats::add(&shard.stats.http_requests, 1);
         if http::is_upgrade(&head) {
             // The head and its read buffer are not needed once the upgrade is decided; an
             // idle WebSocket should hold nothing of its HTTP past.
@@ -93,13 +94,19 @@ pub(super) async fn handle_connection(shard: Rc<Shard>, stream: TcpStream) {
                 return;
             }
         }
+        let head_len = buffered.saturating_sub(buf.len().min(buffered));
         let mut body = buf.split_to(len);
         shard.http_in_flight.set(shard.http_in_flight.get() + 1);
         let resp = http::handle(&shard, &head, &mut body).await;
         shard.http_in_flight.set(shard.http_in_flight.get() - 1);
         shard.flush_dirty();
         let keep_alive = keep_alive && !shard.shutting_down();
-        if respond(&stream, &resp, keep_alive).await.is_err() || !keep_alive {
+        let bytes = resp.encode(keep_alive);
+        let app = http::app_of(&shard.apps, &head).map(|a| a.0 as usize);
+        shard
+            .metrics
+            .add_http(app, (head_len + len) as u64, bytes.len() as u64);
+        if write_all(&stream, &bytes).await.is_err() || !keep_alive {
             return;
         }
         if buf.is_empty() {
@@ -152,7 +159,7 @@ async fn upgrade(shard: Rc<Shard>, stream: TcpStream, head: RequestHead) {
     };
     let (Some(app), None) = (app, refusal) else {
         let code = refusal.unwrap_or(ErrorCode::AppDoesNotExist);
-        Stats::add(&shard.stats.connections_rejected, 1);
+        shard.metrics.inc(Counter::ConnectionsRejected, 1);
         let mut frames = error_frame(code, None).to_vec();
         frames.extend_from_slice(&close_frame(code.code(), code.message()));
         let _ = write_all(&stream, &frames).await;
@@ -182,7 +189,8 @@ async fn upgrade(shard: Rc<Shard>, stream: TcpStream, head: RequestHead) {
         opened_at: now,
         client_events: (now, 0),
     });
-    Stats::add(&shard.stats.connections_opened, 1);
+    shard.metrics.inc_new_connection(app.0 as usize);
+    shard.metrics.add_connected(app.0 as usize, 1);
     let timeout = shard.config.activity_timeout.as_secs();
     shard.send_to(key, connection_established(socket_id, timeout));
     shard.flush_dirty();
@@ -195,7 +203,6 @@ async fn upgrade(shard: Rc<Shard>, stream: TcpStream, head: RequestHead) {
 async fn websocket(shard: Rc<Shard>, key: ConnKey, stream: Rc<TcpStream>) {
     session::run(&shard, key, &stream).await;
     session::cleanup(&shard, key);
-    Stats::add(&shard.stats.connections_closed, 1);
 }
 
 /// Admission: shutdown, the handshake rate, the server's connection cap (4200 / 4100),
@@ -206,6 +213,7 @@ fn admit(shard: &Shard, app: AppIdx, cfg: &AppConfig) -> Option<ErrorCode> {
         return Some(ErrorCode::ReconnectImmediately);
     }
     if !shard.admit_handshake() {
+        shard.metrics.inc(Counter::HandshakesRejected, 1);
         return Some(ErrorCode::OverCapacity);
     }
     let server_max =

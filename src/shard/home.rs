@@ -8,11 +8,13 @@ use bytes::Bytes;
 
 use super::Shard;
 use crate::app::AppIdx;
+use crate::config::WebhookEvent;
 use crate::fanout::{Envelope, SocketRef};
 use crate::protocol::{
     Data, EventFrame, event_frame, subscription_error_frame, subscription_succeeded,
 };
 use crate::registry::presence::Joined;
+use crate::webhooks::Event;
 
 impl Shard {
     /// Acts on one envelope from another shard.
@@ -24,8 +26,11 @@ impl Shard {
                 frame,
                 except,
                 cache,
+                at,
             } => {
                 self.deliver_local(app, &channel, &frame, except);
+                self.metrics
+                    .observe_latency(at.elapsed().as_micros() as u64);
                 if cache {
                     self.remember(app, &channel, &frame);
                 }
@@ -75,6 +80,11 @@ impl Shard {
                 self.send_envelope(from, Envelope::Reply { id, reply });
             }
             Envelope::Reply { id, reply } => self.on_reply(id, reply),
+            Envelope::Occupancy {
+                app,
+                channel,
+                delta,
+            } => self.home_occupancy(app, &channel, delta),
             Envelope::TerminateUser { app, user_id } => self.terminate_local(app, &user_id),
         }
     }
@@ -109,6 +119,14 @@ impl Shard {
             joined => {
                 let data = roster.subscription_data();
                 if joined == Joined::NewMember {
+                    let a = app.0 as usize;
+                    if self.webhooks.wants(a, WebhookEvent::MemberAdded, channel) {
+                        let event = Event::MemberAdded {
+                            channel: channel.to_owned(),
+                            user_id: user_id.to_owned(),
+                        };
+                        self.webhooks.send(a, event);
+                    }
                     let mut member = Vec::with_capacity(32 + user_info.len());
                     member.extend_from_slice(b"{\"user_id\":");
                     let _ = serde_json::to_writer(&mut member, user_id);
@@ -143,6 +161,14 @@ impl Shard {
             removed
         };
         if removed {
+            let a = app.0 as usize;
+            if self.webhooks.wants(a, WebhookEvent::MemberRemoved, channel) {
+                let event = Event::MemberRemoved {
+                    channel: channel.to_owned(),
+                    user_id: user_id.to_owned(),
+                };
+                self.webhooks.send(a, event);
+            }
             let mut data = Vec::with_capacity(24 + user_id.len());
             data.extend_from_slice(b"{\"user_id\":");
             let _ = serde_json::to_writer(&mut data, user_id);
@@ -155,6 +181,60 @@ impl Shard {
                 user_id: None,
             });
             self.publish(app, channel, &frame, None, false);
+        }
+    }
+
+    /// A channel gained its first or lost its last subscriber on this shard: tell its
+    /// home shard, which decides the webhooks for the whole server.
+    pub(super) fn local_occupancy(&self, app: AppIdx, channel: &str, occupied: bool) {
+        let a = app.0 as usize;
+        if channel.starts_with('#')
+            || !(self
+                .webhooks
+                .wants(a, WebhookEvent::ChannelOccupied, channel)
+                || self
+                    .webhooks
+                    .wants(a, WebhookEvent::ChannelVacated, channel))
+        {
+            return;
+        }
+        let delta = if occupied { 1 } else { -1 };
+        let home = self.home_of(app, channel);
+        if home == self.id {
+            self.home_occupancy(app, channel, delta);
+        } else {
+            let envelope = Envelope::Occupancy {
+                app,
+                channel: Arc::from(channel),
+                delta,
+            };
+            self.send_envelope(home, envelope);
+        }
+    }
+
+    /// Home side: `channel_occupied` when the first shard gains subscribers,
+    /// `channel_vacated` when the last one loses them.
+    fn home_occupancy(&self, app: AppIdx, channel: &str, delta: i8) {
+        let key = (app, Arc::from(channel));
+        let mut occupancy = self.occupancy.borrow_mut();
+        let count = occupancy.entry(key.clone()).or_insert(0);
+        let event = if delta > 0 {
+            *count += 1;
+            (*count == 1).then(|| Event::ChannelOccupied {
+                channel: channel.to_owned(),
+            })
+        } else {
+            *count = count.saturating_sub(1);
+            (*count == 0).then(|| Event::ChannelVacated {
+                channel: channel.to_owned(),
+            })
+        };
+        if occupancy.get(&key) == Some(&0) {
+            occupancy.remove(&key);
+        }
+        drop(occupancy);
+        if let Some(event) = event {
+            self.webhooks.send(app.0 as usize, event);
         }
     }
 

@@ -35,9 +35,11 @@ use crate::app::limits::{Quota, TokenBucket};
 use crate::app::{AppIdx, AppTable};
 use crate::config::Config;
 use crate::fanout::{Inbox, Outbox};
+use crate::metrics::ShardMetrics;
 use crate::protocol::SocketId;
 use crate::registry::presence::Rosters;
 use crate::registry::{ConnKey, Registry};
+use crate::webhooks::Webhooks;
 
 /// Size of the per-shard read buffer every connection reads into in turn.
 const SCRATCH_BYTES: usize = 64 * 1024;
@@ -60,6 +62,9 @@ pub struct Shard {
     pub rosters: RefCell<Rosters>,
     /// Last event of each cache channel, with when it was published.
     pub cache: RefCell<AHashMap<(AppIdx, Arc<str>), CachedEvent>>,
+    /// For channels this shard is home to: how many shards have subscribers, to send
+    /// `channel_occupied` / `channel_vacated` once for the whole server.
+    occupancy: RefCell<AHashMap<(AppIdx, Arc<str>), u32>>,
     /// `member_added` frames to publish once the join reply is on its way.
     pending_announcements: RefCell<Vec<Announcement>>,
     /// Scatter-gather reads waiting for other shards' replies.
@@ -72,8 +77,10 @@ pub struct Shard {
     scratch: RefCell<Vec<u8>>,
     /// Source of connection serials and socket ids.
     next_serial: Cell<u64>,
-    /// Plain counters for this shard; merged across shards when scraped.
-    pub stats: Stats,
+    /// This shard's counters; only this thread writes them, a scrape merges all shards.
+    pub metrics: Arc<ShardMetrics>,
+    /// The webhook sender (its own thread); `send` never blocks.
+    pub webhooks: Webhooks,
     /// What every shard of the process shares: connection count, shutdown flag.
     pub server: Arc<ServerState>,
     /// This shard's part of the handshake rate limit.
@@ -101,29 +108,6 @@ pub type CachedEvent = (Bytes, Instant);
 /// A `member_added` waiting to be published: app, channel, frame, the joining socket.
 type Announcement = (AppIdx, Arc<str>, Bytes, Option<SocketId>);
 
-/// Shard-local counters (no atomics: only this thread writes them).
-#[derive(Default, Debug)]
-pub struct Stats {
-    pub connections_opened: Cell<u64>,
-    pub connections_closed: Cell<u64>,
-    pub ws_messages_received: Cell<u64>,
-    pub ws_messages_sent: Cell<u64>,
-    pub slow_reader_disconnects: Cell<u64>,
-    pub fanout_dropped: Cell<u64>,
-    pub protocol_errors: Cell<u64>,
-    pub rate_limited: Cell<u64>,
-    pub connections_rejected: Cell<u64>,
-    pub client_events_rejected: Cell<u64>,
-    pub http_requests: Cell<u64>,
-}
-
-impl Stats {
-    /// Adds `n` to a counter.
-    pub fn add(counter: &Cell<u64>, n: u64) {
-        counter.set(counter.get() + n);
-    }
-}
-
 /// How a shard reports its start: its bound address (or why it could not bind), and a
 /// barrier every shard passes once all have bound.
 pub struct Startup {
@@ -131,20 +115,37 @@ pub struct Startup {
     pub all_bound: Arc<std::sync::Barrier>,
 }
 
+/// What a shard is given from the process: read-only or shard-owned handles.
+pub struct Context {
+    pub config: Arc<Config>,
+    pub apps: Arc<AppTable>,
+    /// The socket-id prefix of this process.
+    pub node: u32,
+    pub server: Arc<ServerState>,
+    /// The counters this shard (alone) writes.
+    pub metrics: Arc<ShardMetrics>,
+    pub webhooks: Webhooks,
+}
+
 /// Starts shard `id` on its own thread and returns its handle.
 pub fn spawn(
     id: usize,
-    config: Arc<Config>,
-    apps: Arc<AppTable>,
+    cx: Context,
     links: (Outbox, Inbox),
-    node: u32,
-    server: Arc<ServerState>,
     startup: Startup,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("corecast-shard-{id}"))
         .spawn(move || {
             pin_to_core(id);
+            let Context {
+                config,
+                apps,
+                node,
+                server,
+                metrics,
+                webhooks,
+            } = cx;
             let (outbox, inbox) = links;
             let handshakes = RefCell::new(handshake_bucket(&config, config.shards));
             let shard = Rc::new(Shard {
@@ -156,6 +157,7 @@ pub fn spawn(
                 cache: RefCell::new(AHashMap::new()),
                 queries: RefCell::new(AHashMap::new()),
                 pending_announcements: RefCell::new(Vec::new()),
+                occupancy: RefCell::new(AHashMap::new()),
                 config,
                 apps,
                 conns: RefCell::new(Slab::new()),
@@ -163,7 +165,8 @@ pub fn spawn(
                 dirty: RefCell::new(Vec::new()),
                 scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
                 next_serial: Cell::new(0),
-                stats: Stats::default(),
+                metrics,
+                webhooks,
                 handshakes,
                 listener_fd: Cell::new(-1),
                 stop_waker: RefCell::new(None),

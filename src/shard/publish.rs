@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::Shard;
 use super::conn::{self, Flushed};
-use super::{Shard, Stats};
 use crate::app::AppIdx;
 use crate::fanout::{Envelope, Inbox};
+use crate::metrics::Counter;
 use crate::protocol::{ErrorCode, SocketId, error_frame, is_cache_channel};
 use crate::registry::ConnKey;
 use crate::ws::close_frame;
@@ -39,6 +40,7 @@ impl Shard {
             return;
         }
         let channel: Arc<str> = Arc::from(channel);
+        let at = Instant::now();
         let mut outbox = self.outbox.borrow_mut();
         let targets: Vec<usize> = outbox.targets().collect();
         for to in targets {
@@ -48,9 +50,10 @@ impl Shard {
                 frame: frame.clone(),
                 except,
                 cache,
+                at,
             };
             if outbox.push(to, envelope).is_err() {
-                Stats::add(&self.stats.fanout_dropped, 1);
+                self.metrics.inc(Counter::FanoutDropped, 1);
             }
         }
     }
@@ -58,7 +61,7 @@ impl Shard {
     /// Sends `envelope` to shard `to`, counting it when the ring is full.
     pub fn send_envelope(&self, to: usize, envelope: Envelope) {
         if self.outbox.borrow_mut().push(to, envelope).is_err() {
-            Stats::add(&self.stats.fanout_dropped, 1);
+            self.metrics.inc(Counter::FanoutDropped, 1);
         }
     }
 
@@ -82,6 +85,7 @@ impl Shard {
             return;
         };
         let mut evict = Vec::new();
+        let mut queued = 0u64;
         {
             let mut conns = self.conns.borrow_mut();
             let mut dirty = self.dirty.borrow_mut();
@@ -97,13 +101,16 @@ impl Shard {
                     evict.push(key);
                     continue;
                 }
+                queued += 1;
                 if !c.dirty {
                     c.dirty = true;
                     dirty.push(key);
                 }
             }
-            Stats::add(&self.stats.ws_messages_sent, subs.len() as u64);
         }
+        let app_index = app.0 as usize;
+        self.metrics
+            .add_ws_sent(app_index, queued, queued * frame.len() as u64);
         drop(registry);
         for key in evict {
             self.evict_slow_reader(key);
@@ -118,6 +125,8 @@ impl Shard {
             return;
         }
         let limit = self.config.max_outbound_bytes;
+        self.metrics
+            .add_ws_sent(c.app.0 as usize, 1, frame.len() as u64);
         let queued = c.out.push(frame, limit);
         if queued && !c.dirty {
             c.dirty = true;
@@ -151,7 +160,7 @@ impl Shard {
         if c.closing.is_some() && c.out.is_empty() {
             return;
         }
-        Stats::add(&self.stats.slow_reader_disconnects, 1);
+        self.metrics.inc(Counter::SlowReaderDisconnects, 1);
         c.out.clear();
         let code = ErrorCode::OverCapacity;
         c.out.push(error_frame(code, None), usize::MAX);
@@ -244,6 +253,7 @@ pub(super) async fn inbox_loop(shard: Rc<Shard>, mut inbox: Inbox) {
         loop {
             let n = inbox.drain(DRAIN_BATCH, |e| shard.handle_envelope(e));
             shard.flush_dirty();
+            shard.metrics.set_ring_depth(inbox.depth() as u64);
             if n < DRAIN_BATCH {
                 break;
             }

@@ -7,7 +7,8 @@ use std::time::Instant;
 use monoio::net::TcpStream;
 
 use super::driver::fd_of;
-use super::{Shard, Stats, conn};
+use super::{Shard, conn};
+use crate::metrics::Counter;
 use crate::protocol::{
     ClientMessage, Data, EventFrame, InboundError, event_frame, parse_client_message, pong_frame,
 };
@@ -44,11 +45,13 @@ fn handle_bytes(shard: &Rc<Shard>, key: ConnKey, decoder: &mut Decoder, data: &m
         touch(shard, key);
         match event {
             Event::Text(text) => {
-                Stats::add(&shard.stats.ws_messages_received, 1);
+                if let Some(app) = shard.conns.borrow().get(key).map(|c| c.app.0 as usize) {
+                    shard.metrics.add_ws_received(app, 1, text.len() as u64);
+                }
                 handle_text(shard, key, text);
             }
             Event::Binary(_) => {
-                Stats::add(&shard.stats.protocol_errors, 1);
+                shard.metrics.inc(Counter::ProtocolErrors, 1);
                 send_error(shard, key, "Binary messages are not supported.");
             }
             Event::Ping(payload) => shard.send_to(key, ws::pong_frame(payload)),
@@ -69,7 +72,7 @@ fn handle_bytes(shard: &Rc<Shard>, key: ConnKey, decoder: &mut Decoder, data: &m
         Flow::Continue
     });
     if let Err(e) = result {
-        Stats::add(&shard.stats.protocol_errors, 1);
+        shard.metrics.inc(Counter::ProtocolErrors, 1);
         shard.begin_close(key, e.close_code(), None);
         return true; // wait for the client's close or the sweep
     }
@@ -88,7 +91,7 @@ fn handle_text(shard: &Rc<Shard>, key: ConnKey, text: &mut [u8]) {
     let msg = match parse_client_message(text) {
         Ok(m) => m,
         Err(e) => {
-            Stats::add(&shard.stats.protocol_errors, 1);
+            shard.metrics.inc(Counter::ProtocolErrors, 1);
             let text = match e {
                 InboundError::InvalidJson => "Invalid JSON message.".to_owned(),
                 other => other.to_string(),
@@ -144,11 +147,10 @@ pub(super) fn cleanup(shard: &Shard, key: ConnKey) {
     };
     shard.server.connections.release();
     shard.apps.usage(c.app).connections.release();
+    shard.metrics.inc_disconnection(c.app.0 as usize);
+    shard.metrics.add_connected(c.app.0 as usize, -1);
     for sub in &c.channels {
-        shard
-            .registry
-            .borrow_mut()
-            .unsubscribe(c.app, &sub.channel, key);
+        shard.leave_channel(key, c.app, &sub.channel);
         if let Some(user) = &sub.presence_user {
             shard.leave_presence(c.app, &sub.channel, user);
         }

@@ -9,12 +9,14 @@ use simd_json::prelude::*;
 
 use super::{Shard, Subscription};
 use crate::app::AppIdx;
+use crate::config::WebhookEvent;
 use crate::fanout::{Envelope, SocketRef};
 use crate::protocol::{
-    ChannelKind, ChannelNameError, cache_miss_frame, is_cache_channel, subscription_error_frame,
-    subscription_succeeded, validate_channel_name,
+    ChannelKind, ChannelNameError, USER_CHANNEL_PREFIX, cache_miss_frame, is_cache_channel,
+    subscription_error_frame, subscription_succeeded, validate_channel_name,
 };
 use crate::registry::ConnKey;
+use crate::webhooks::Event;
 
 /// A presence member as `channel_data` describes it.
 struct Member {
@@ -47,6 +49,21 @@ impl Shard {
             return;
         };
         let app = self.apps.get(app_idx);
+        if let Some(user) = channel.strip_prefix(USER_CHANNEL_PREFIX) {
+            // pusher-js subscribes to its own user channel after sign-in; the socket is
+            // already on it since `pusher:signin` succeeded.
+            let signed_in = self.conns.borrow().get(key).and_then(|c| c.user_id.clone());
+            if signed_in.as_deref() == Some(user) {
+                self.send_to(key, subscription_succeeded(channel, "{}"));
+            } else {
+                let error = "Only the signed-in user may subscribe to its user channel.";
+                self.send_to(
+                    key,
+                    subscription_error_frame(channel, "AuthError", error, 403),
+                );
+            }
+            return;
+        }
         if let Err(e) = validate_channel_name(channel, app.max_channel_name_length) {
             let kind = match e {
                 ChannelNameError::TooLong(_) => "LimitReached",
@@ -167,6 +184,14 @@ impl Shard {
         if !self.registry.borrow_mut().subscribe(app, channel, key) {
             return false;
         }
+        let first = self
+            .registry
+            .borrow()
+            .subscribers(app, channel)
+            .is_some_and(|s| s.len() == 1);
+        if first {
+            self.local_occupancy(app, channel, true);
+        }
         if let Some(c) = self.conns.borrow_mut().get_mut(key) {
             c.channels.push(Subscription {
                 channel: Arc::from(channel),
@@ -189,7 +214,18 @@ impl Shard {
             .map(|(frame, _)| frame.clone());
         match hit {
             Some(frame) => self.send_to(key, frame),
-            None => self.send_to(key, cache_miss_frame(channel)),
+            None => {
+                self.send_to(key, cache_miss_frame(channel));
+                let a = app.0 as usize;
+                if self.webhooks.wants(a, WebhookEvent::CacheMiss, channel) {
+                    self.webhooks.send(
+                        a,
+                        Event::CacheMiss {
+                            channel: channel.to_owned(),
+                        },
+                    );
+                }
+            }
         }
     }
 
@@ -198,7 +234,7 @@ impl Shard {
         let Some(app) = self.conns.borrow().get(key).map(|c| c.app) else {
             return;
         };
-        if !self.registry.borrow_mut().unsubscribe(app, channel, key) {
+        if !self.leave_channel(key, app, channel) {
             return;
         }
         let sub = self.conns.borrow_mut().get_mut(key).and_then(|c| {
@@ -212,6 +248,18 @@ impl Shard {
         {
             self.leave_presence(app, channel, &user);
         }
+    }
+
+    /// Takes `key` off `channel` locally; true when it was on it. The last local
+    /// subscriber leaving is reported for `channel_vacated`.
+    pub(super) fn leave_channel(&self, key: ConnKey, app: AppIdx, channel: &str) -> bool {
+        if !self.registry.borrow_mut().unsubscribe(app, channel, key) {
+            return false;
+        }
+        if self.registry.borrow().subscribers(app, channel).is_none() {
+            self.local_occupancy(app, channel, false);
+        }
+        true
     }
 
     /// Tells the home shard one socket of `user_id` left.

@@ -6,7 +6,13 @@ use std::time::{Duration, Instant};
 
 use simd_json::prelude::*;
 
-use super::{Shard, Stats, Subscription};
+use super::{Shard, Subscription};
+use crate::config::WebhookEvent;
+use crate::metrics::Counter;
+use crate::webhooks::Event;
+
+/// The refusal sent past `max_client_events_per_sec`.
+const RATE_LIMITED: &str = "Client event rate limit reached.";
 use crate::app::AppIdx;
 use crate::fanout::Envelope;
 use crate::protocol::{
@@ -28,7 +34,7 @@ impl Shard {
             .then(|| user_id_of(user_data))
             .flatten();
         let Some(user_id) = user_id else {
-            Stats::add(&self.stats.protocol_errors, 1);
+            self.metrics.inc(Counter::ProtocolErrors, 1);
             let code = ErrorCode::Unauthorized;
             self.send_to(key, error_frame(code, Some("Invalid user authentication.")));
             self.begin_close(key, code.code(), None);
@@ -128,12 +134,15 @@ impl Shard {
             .max_client_events_per_sec
             .is_some_and(|max| u64::from(rate) > max)
         {
-            Some("Client event rate limit reached.")
+            Some(RATE_LIMITED)
         } else {
             None
         };
         if let Some(message) = refusal {
-            Stats::add(&self.stats.client_events_rejected, 1);
+            self.metrics.inc(Counter::ClientEventsRejected, 1);
+            if message == RATE_LIMITED {
+                self.metrics.inc(Counter::RateLimitedClient, 1);
+            }
             let code = ErrorCode::ClientEventRejected;
             self.send_to(key, error_frame(code, Some(message)));
             return;
@@ -146,6 +155,19 @@ impl Shard {
             user_id: member.as_deref(),
         });
         self.publish(app_idx, channel, &frame, Some(socket_id), true);
+        let a = app_idx.0 as usize;
+        if self.webhooks.wants(a, WebhookEvent::ClientEvent, channel) {
+            self.webhooks.send(
+                a,
+                Event::ClientEvent {
+                    channel: channel.to_owned(),
+                    event: event.to_owned(),
+                    data: data.to_owned(),
+                    socket_id: socket_id.to_string(),
+                    user_id: member.as_deref().map(str::to_owned),
+                },
+            );
+        }
     }
 }
 
