@@ -8,9 +8,10 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 use crate::app::AppTable;
-use crate::config::Config;
+use crate::config::{AdapterDriver, Config};
 use crate::fanout::{self, InboxWaker};
 use crate::metrics::{self, MetricsServer, Registry, Sample, ShardMetrics};
+use crate::redis::bridge::{self, BridgeStats};
 use crate::shard::{self, ServerState};
 use crate::webhooks::{AppHooks, WebhookSettings, Webhooks};
 
@@ -24,6 +25,9 @@ pub struct Server {
     webhooks: Webhooks,
     metrics: Option<MetricsServer>,
     config: Arc<Config>,
+    /// The redis bridge thread and its waker, with the redis adapter.
+    bridge: Option<(InboxWaker, JoinHandle<()>)>,
+    bridge_stats: Arc<BridgeStats>,
 }
 
 impl Server {
@@ -46,6 +50,15 @@ impl Server {
         let started = std::time::Instant::now();
         for t in self.threads {
             let _ = t.join();
+        }
+        // The shards' last leaves are queued for the bridge: let it send them to Redis.
+        if let Some((waker, handle)) = self.bridge {
+            self.bridge_stats.stop.store(true, Ordering::Release);
+            waker.poke();
+            let deadline = started + self.config.shutdown_grace_period;
+            while !handle.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
         }
         let grace = self
             .config
@@ -76,12 +89,27 @@ pub fn start(config: Config) -> io::Result<Server> {
     let (tx, rx) = std::sync::mpsc::channel();
     let all_bound = Arc::new(std::sync::Barrier::new(shards));
     let state = Arc::new(ServerState::default());
-    let mut threads = Vec::with_capacity(shards);
+    let mut threads = Vec::with_capacity(shards + 1);
     let mut wakers = Vec::with_capacity(shards);
-    for (id, links) in fanout::mesh(shards, config.ring_capacity)
-        .into_iter()
-        .enumerate()
-    {
+    let redis = config.adapter == AdapterDriver::Redis;
+    // With the redis adapter the bridge is one more participant in the mesh, last.
+    let mut mesh = fanout::mesh(shards + usize::from(redis), config.ring_capacity);
+    let bridge_stats = Arc::new(BridgeStats::default());
+    let mut bridge = None;
+    if redis && let Some(links) = mesh.pop() {
+        let waker = links.1.waker();
+        bridge = Some((
+            waker,
+            bridge::spawn(
+                Arc::clone(&config),
+                Arc::clone(&apps),
+                node,
+                links,
+                Arc::clone(&bridge_stats),
+            )?,
+        ));
+    }
+    for (id, links) in mesh.into_iter().enumerate() {
         wakers.push(links.1.waker());
         threads.push(shard::spawn(
             id,
@@ -119,6 +147,10 @@ pub fn start(config: Config) -> io::Result<Server> {
         );
         let hooks = webhooks.clone();
         registry.add_source(Box::new(move || webhook_samples(&hooks)));
+        if redis {
+            let stats = Arc::clone(&bridge_stats);
+            registry.add_source(Box::new(move || redis_samples(&stats)));
+        }
         let server = metrics::serve(
             Arc::new(registry),
             &config.metrics_host,
@@ -137,6 +169,8 @@ pub fn start(config: Config) -> io::Result<Server> {
         webhooks,
         metrics,
         config,
+        bridge,
+        bridge_stats,
     })
 }
 
@@ -168,6 +202,38 @@ fn webhook_samples(hooks: &Webhooks) -> Vec<Sample> {
             "corecast_webhook_retries_total",
             "Webhook delivery retries.",
             s.retries as f64,
+        ),
+    ]
+}
+
+/// The redis bridge's counters as `corecast_redis_*` series.
+fn redis_samples(stats: &BridgeStats) -> Vec<Sample> {
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64;
+    vec![
+        Sample::gauge(
+            "corecast_redis_up",
+            "1 while both Redis connections are up.",
+            get(&stats.up),
+        ),
+        Sample::counter(
+            "corecast_redis_published_total",
+            "Messages published to other nodes.",
+            get(&stats.published),
+        ),
+        Sample::counter(
+            "corecast_redis_received_total",
+            "Messages received from other nodes.",
+            get(&stats.received),
+        ),
+        Sample::counter(
+            "corecast_redis_dropped_total",
+            "Cross-node messages dropped while Redis was unreachable.",
+            get(&stats.dropped),
+        ),
+        Sample::counter(
+            "corecast_redis_connects_total",
+            "Successful connections to Redis.",
+            get(&stats.connects),
         ),
     ]
 }

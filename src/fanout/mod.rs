@@ -71,9 +71,50 @@ pub enum Envelope {
         channel: Arc<str>,
         delta: i8,
     },
+    /// To the redis bridge: a socket joins a presence channel; `new_on_node` when it is
+    /// the user's first socket on this node. The bridge answers shard `from` with
+    /// `PresenceJoined`, and the home shard with `RosterUndo` if the cluster refuses.
+    ClusterJoin {
+        app: AppIdx,
+        channel: Arc<str>,
+        user_id: Arc<str>,
+        user_info: Arc<str>,
+        new_on_node: bool,
+        from: usize,
+        home: usize,
+        socket: SocketRef,
+    },
+    /// To the redis bridge: the user's last socket on this node left the channel.
+    ClusterLeave {
+        app: AppIdx,
+        channel: Arc<str>,
+        user_id: Arc<str>,
+    },
+    /// From the redis bridge to a home shard: forget a join the cluster refused.
+    RosterUndo {
+        app: AppIdx,
+        channel: Arc<str>,
+        user_id: Arc<str>,
+    },
+    /// To the redis bridge: this node's subscriptions to `channel` changed by `delta`.
+    SubscriptionDelta {
+        app: AppIdx,
+        channel: Arc<str>,
+        delta: i32,
+    },
+    /// From the redis bridge after (re)connecting: send your rosters and counts.
+    RosterDump,
+    /// A shard's rosters (`app, channel, user, info`) and local subscription counts.
+    RosterEntries {
+        members: Vec<RosterEntry>,
+        channels: Vec<(AppIdx, Arc<str>, u64)>,
+    },
     /// Close every local socket signed in as `user_id` (4009).
     TerminateUser { app: AppIdx, user_id: Arc<str> },
 }
+
+/// One presence member of a shard's roster: app, channel, user id, `user_info` JSON.
+pub type RosterEntry = (AppIdx, Arc<str>, Arc<str>, Arc<str>);
 
 /// A socket on a given shard: its slab slot and the serial that tells reuse apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

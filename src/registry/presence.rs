@@ -81,6 +81,13 @@ impl Roster {
         self.members.is_empty()
     }
 
+    /// Members in join order with their `user_info` JSON text.
+    pub fn members(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.members
+            .iter()
+            .map(|(id, m)| (id.as_str(), m.info.as_str()))
+    }
+
     /// User ids in join order.
     pub fn ids(&self) -> impl Iterator<Item = &str> {
         self.members.keys().map(String::as_str)

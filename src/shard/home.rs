@@ -43,16 +43,19 @@ impl Shard {
                 from,
                 socket,
             } => {
-                let outcome = self.home_join(app, &channel, &user_id, &user_info, socket);
-                let reply = Envelope::PresenceJoined {
-                    app,
-                    channel,
-                    user_id,
-                    socket,
-                    outcome,
-                };
-                self.send_envelope(from, reply);
-                self.announce_pending();
+                if let Some(outcome) =
+                    self.home_join(app, &channel, &user_id, &user_info, socket, from)
+                {
+                    let reply = Envelope::PresenceJoined {
+                        app,
+                        channel,
+                        user_id,
+                        socket,
+                        outcome,
+                    };
+                    self.send_envelope(from, reply);
+                    self.announce_pending();
+                }
             }
             Envelope::PresenceJoined {
                 app,
@@ -86,6 +89,21 @@ impl Shard {
                 delta,
             } => self.home_occupancy(app, &channel, delta),
             Envelope::TerminateUser { app, user_id } => self.terminate_local(app, &user_id),
+            Envelope::RosterUndo {
+                app,
+                channel,
+                user_id,
+            } => {
+                let mut rosters = self.rosters.borrow_mut();
+                rosters.entry(app, &channel).leave(&user_id);
+                rosters.prune(app, &channel);
+            }
+            Envelope::RosterDump => self.dump_rosters(),
+            // Only the redis bridge receives these.
+            Envelope::ClusterJoin { .. }
+            | Envelope::ClusterLeave { .. }
+            | Envelope::SubscriptionDelta { .. }
+            | Envelope::RosterEntries { .. } => {}
         }
     }
 
@@ -99,7 +117,29 @@ impl Shard {
         user_id: &str,
         user_info: &str,
         socket: SocketRef,
-    ) -> Result<Bytes, Bytes> {
+        from: usize,
+    ) -> Option<Result<Bytes, Bytes>> {
+        if let Some(bridge) = self.bridge {
+            // Cluster mode: this roster counts the node's sockets; Redis decides members,
+            // the roster the socket sees, and the announcements.
+            let joined =
+                self.rosters
+                    .borrow_mut()
+                    .entry(app, channel)
+                    .join(user_id, user_info, usize::MAX);
+            let envelope = Envelope::ClusterJoin {
+                app,
+                channel: Arc::from(channel),
+                user_id: Arc::from(user_id),
+                user_info: Arc::from(user_info),
+                new_on_node: joined == Joined::NewMember,
+                from,
+                home: self.id,
+                socket,
+            };
+            self.send_envelope(bridge, envelope);
+            return None;
+        }
         let max = self.apps.get(app).max_presence_members_per_channel as usize;
         let mut rosters = self.rosters.borrow_mut();
         let roster = rosters.entry(app, channel);
@@ -109,12 +149,12 @@ impl Shard {
                 self.rosters.borrow_mut().prune(app, channel);
                 let error =
                     format!("The maximum of {max} members on this presence channel is reached.");
-                Err(subscription_error_frame(
+                Some(Err(subscription_error_frame(
                     channel,
                     "LimitReached",
                     &error,
                     4100,
-                ))
+                )))
             }
             joined => {
                 let data = roster.subscription_data();
@@ -147,7 +187,7 @@ impl Shard {
                         Some(socket.socket_id),
                     ));
                 }
-                Ok(subscription_succeeded(channel, &data))
+                Some(Ok(subscription_succeeded(channel, &data)))
             }
         }
     }
@@ -160,6 +200,18 @@ impl Shard {
             rosters.prune(app, channel);
             removed
         };
+        if let Some(bridge) = self.bridge {
+            // Cluster mode: Redis decides whether the user left the cluster.
+            if removed {
+                let envelope = Envelope::ClusterLeave {
+                    app,
+                    channel: Arc::from(channel),
+                    user_id: Arc::from(user_id),
+                };
+                self.send_envelope(bridge, envelope);
+            }
+            return;
+        }
         if removed {
             let a = app.0 as usize;
             if self.webhooks.wants(a, WebhookEvent::MemberRemoved, channel) {
@@ -236,6 +288,32 @@ impl Shard {
         if let Some(event) = event {
             self.webhooks.send(app.0 as usize, event);
         }
+    }
+
+    /// Sends the redis bridge this shard's rosters and local subscription counts, so it
+    /// can rebuild what Redis lost.
+    fn dump_rosters(&self) {
+        let Some(bridge) = self.bridge else { return };
+        let mut members = Vec::new();
+        let mut channels = Vec::new();
+        let rosters = self.rosters.borrow();
+        let registry = self.registry.borrow();
+        for a in 0..self.apps.len() {
+            let app = AppIdx(a as u32);
+            for (channel, roster) in rosters.channels(app) {
+                let channel: Arc<str> = Arc::from(channel);
+                for (user, info) in roster.members() {
+                    members.push((app, Arc::clone(&channel), Arc::from(user), Arc::from(info)));
+                }
+            }
+            for (channel, count) in registry.channels(app) {
+                if !channel.starts_with('#') {
+                    channels.push((app, Arc::from(channel), count as u64));
+                }
+            }
+        }
+        drop((rosters, registry));
+        self.send_envelope(bridge, Envelope::RosterEntries { members, channels });
     }
 
     /// Sends the `member_added` announcements queued by joins.

@@ -69,8 +69,10 @@ pub struct Shard {
     pending_announcements: RefCell<Vec<Announcement>>,
     /// Scatter-gather reads waiting for other shards' replies.
     queries: RefCell<AHashMap<u64, query::Pending>>,
-    /// Rings towards the other shards.
+    /// Rings towards the other shards (and the redis bridge).
     pub outbox: RefCell<Outbox>,
+    /// The redis bridge's place in the mesh, with the redis adapter.
+    pub bridge: Option<usize>,
     /// Connections with queued frames not yet handed to the kernel.
     dirty: RefCell<Vec<ConnKey>>,
     /// The read buffer, taken out while in use.
@@ -148,8 +150,11 @@ pub fn spawn(
             } = cx;
             let (outbox, inbox) = links;
             let handshakes = RefCell::new(handshake_bucket(&config, config.shards));
+            let bridge =
+                (config.adapter == crate::config::AdapterDriver::Redis).then_some(config.shards);
             let shard = Rc::new(Shard {
                 id,
+                bridge,
                 shards: config.shards,
                 node,
                 registry: RefCell::new(Registry::new(apps.len())),

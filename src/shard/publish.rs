@@ -36,7 +36,7 @@ impl Shard {
         if cache {
             self.remember(app, channel, frame);
         }
-        if self.shards < 2 {
+        if self.shards < 2 && self.bridge.is_none() {
             return;
         }
         let channel: Arc<str> = Arc::from(channel);

@@ -62,7 +62,10 @@ impl Shard {
         self.next_serial.set(id);
         self.queries.borrow_mut().insert(id, pending);
         let mut asked = 0;
-        for to in (0..self.shards).filter(|&s| s != self.id) {
+        for to in (0..self.shards)
+            .filter(|&s| s != self.id)
+            .chain(self.bridge)
+        {
             let envelope = Envelope::Query {
                 from: self.id,
                 id,
@@ -99,7 +102,8 @@ impl Shard {
         let registry = self.registry.borrow();
         let rosters = self.rosters.borrow();
         let users = |name: &str| {
-            (self.home_of(app, name) == self.id)
+            // With the redis adapter the cluster roster comes from the bridge.
+            (self.bridge.is_none() && self.home_of(app, name) == self.id)
                 .then(|| {
                     rosters
                         .get(app, name)
@@ -121,7 +125,10 @@ impl Shard {
                 }
                 // Rosters this shard keeps for channels it has no local subscriber on.
                 for (name, roster) in rosters.channels(app) {
-                    if name.starts_with(&**prefix) && registry.subscribers(app, name).is_none() {
+                    if self.bridge.is_none()
+                        && name.starts_with(&**prefix)
+                        && registry.subscribers(app, name).is_none()
+                    {
                         channels.push(ChannelPart {
                             name: Arc::from(name),
                             subscriptions: 0,

@@ -123,9 +123,12 @@ impl Shard {
     fn join_presence(&self, app: AppIdx, channel: &str, member: Member, socket: SocketRef) {
         let home = self.home_of(app, channel);
         if home == self.id {
-            let outcome = self.home_join(app, channel, &member.user_id, &member.info, socket);
-            self.presence_joined(app, channel, &member.user_id, socket, outcome);
-            self.announce_pending();
+            if let Some(outcome) =
+                self.home_join(app, channel, &member.user_id, &member.info, socket, self.id)
+            {
+                self.presence_joined(app, channel, &member.user_id, socket, outcome);
+                self.announce_pending();
+            }
         } else {
             self.send_envelope(
                 home,
@@ -192,6 +195,7 @@ impl Shard {
         if first {
             self.local_occupancy(app, channel, true);
         }
+        self.count_subscription(app, channel, 1);
         if let Some(c) = self.conns.borrow_mut().get_mut(key) {
             c.channels.push(Subscription {
                 channel: Arc::from(channel),
@@ -259,7 +263,23 @@ impl Shard {
         if self.registry.borrow().subscribers(app, channel).is_none() {
             self.local_occupancy(app, channel, false);
         }
+        self.count_subscription(app, channel, -1);
         true
+    }
+
+    /// With the redis adapter, tells the bridge this node's count for `channel` changed
+    /// (it keeps every node's counts in Redis for cluster-wide REST reads).
+    fn count_subscription(&self, app: AppIdx, channel: &str, delta: i32) {
+        if let Some(bridge) = self.bridge
+            && !channel.starts_with('#')
+        {
+            let envelope = Envelope::SubscriptionDelta {
+                app,
+                channel: Arc::from(channel),
+                delta,
+            };
+            self.send_envelope(bridge, envelope);
+        }
     }
 
     /// Tells the home shard one socket of `user_id` left.

@@ -1,0 +1,150 @@
+//! The Lua scripts that keep cluster presence atomic in Redis, and the key names.
+//!
+//! Per presence channel: a hash of members (`user_id -> user_info`) and a hash counting
+//! the nodes each member is on. Per node: a set of its `(app, channel, user)` entries, so
+//! another node can remove them when this one dies, and a hash of its local subscription
+//! counts. A hash of nodes holds each node's last heartbeat.
+
+/// Adds a node's first socket of a user (`ARGV[5] == "1"`), unless the channel is full;
+/// returns `{added, members...}` (added: 1 new in the cluster, 0 not, -1 refused).
+/// KEYS: members, node counts, node entries, presence channels of the app.
+/// ARGV: user_id, user_info, entry, max members, new on this node, channel.
+pub const JOIN: &str = r"
+local added = 0
+if ARGV[5] == '1' then
+  if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then
+    return {-1}
+  end
+  local n = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+  if n == 1 then
+    redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+    added = 1
+  end
+  redis.call('SADD', KEYS[3], ARGV[3])
+  redis.call('SADD', KEYS[4], ARGV[6])
+end
+local out = {added}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all do out[#out + 1] = all[i] end
+return out
+";
+
+/// Removes a node's last socket of a user; returns 1 when the user left the cluster.
+/// KEYS: members, node counts, node entries, presence channels of the app.
+/// ARGV: user_id, entry, channel.
+pub const LEAVE: &str = r"
+redis.call('SREM', KEYS[3], ARGV[2])
+local n = redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
+if n <= 0 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if redis.call('HLEN', KEYS[1]) == 0 then
+    redis.call('SREM', KEYS[4], ARGV[3])
+  end
+  return 1
+end
+return 0
+";
+
+/// Key and channel names under the configured prefixes.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    key_prefix: String,
+    /// The pub/sub channel every node listens on.
+    pub broadcast: String,
+}
+
+impl Keys {
+    /// Names for the given `key_prefix` (keys) and `channel_prefix` (pub/sub).
+    #[must_use]
+    pub fn new(key_prefix: &str, channel_prefix: &str) -> Self {
+        Self {
+            key_prefix: key_prefix.to_owned(),
+            broadcast: format!("{channel_prefix}corecast#broadcast"),
+        }
+    }
+
+    /// Members of a presence channel: `user_id -> user_info`.
+    #[must_use]
+    pub fn members(&self, app_id: &str, channel: &str) -> String {
+        format!("{}corecast:presence:{app_id}:{channel}", self.key_prefix)
+    }
+
+    /// How many nodes each member of a presence channel is on.
+    #[must_use]
+    pub fn member_nodes(&self, app_id: &str, channel: &str) -> String {
+        format!(
+            "{}corecast:presence-nodes:{app_id}:{channel}",
+            self.key_prefix
+        )
+    }
+
+    /// Presence channels of an app that have members.
+    #[must_use]
+    pub fn presence_channels(&self, app_id: &str) -> String {
+        format!("{}corecast:presence-channels:{app_id}", self.key_prefix)
+    }
+
+    /// A node's presence entries (`app\nchannel\nuser`).
+    #[must_use]
+    pub fn node_entries(&self, node: u32) -> String {
+        format!("{}corecast:node:{node}:presence", self.key_prefix)
+    }
+
+    /// A node's local subscription counts (`app\nchannel -> count`).
+    #[must_use]
+    pub fn node_channels(&self, node: u32) -> String {
+        format!("{}corecast:node:{node}:channels", self.key_prefix)
+    }
+
+    /// Every node's last heartbeat (unix ms).
+    #[must_use]
+    pub fn nodes(&self) -> String {
+        format!("{}corecast:nodes", self.key_prefix)
+    }
+
+    /// The lock a node takes before removing a dead node's members.
+    #[must_use]
+    pub fn reap_lock(&self, node: u32) -> String {
+        format!("{}corecast:reap:{node}", self.key_prefix)
+    }
+}
+
+/// `app\nchannel\nuser`: one presence entry of a node.
+#[must_use]
+pub fn entry(app_id: &str, channel: &str, user_id: &str) -> String {
+    format!("{app_id}\n{channel}\n{user_id}")
+}
+
+/// Splits an entry back into `(app, channel, user)`.
+#[must_use]
+pub fn split_entry(entry: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = entry.splitn(3, '\n');
+    Some((parts.next()?, parts.next()?, parts.next()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_even_with_odd_user_ids() {
+        let e = entry("app", "presence-x", "user\nwith newline");
+        assert_eq!(
+            split_entry(&e),
+            Some(("app", "presence-x", "user\nwith newline"))
+        );
+        assert_eq!(split_entry("nope"), None);
+    }
+
+    #[test]
+    fn keys_carry_both_prefixes() {
+        let k = Keys::new("kp:", "cp:");
+        assert_eq!(k.broadcast, "cp:corecast#broadcast");
+        assert_eq!(
+            k.members("a", "presence-x"),
+            "kp:corecast:presence:a:presence-x"
+        );
+        assert_eq!(k.node_entries(7), "kp:corecast:node:7:presence");
+    }
+}
