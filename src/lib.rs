@@ -14,6 +14,10 @@
 //! - [`shard`]: one pinned thread per core: accept loop, connection driver, fan-out.
 //! - [`server`]: starts the shards, and stops them gracefully.
 //! - [`signals`]: SIGTERM/SIGINT, blocked in every thread and awaited by `main`.
+//! - [`tls`]: certificate and key loading for `wss://` and `https://` on the same port.
+//! - [`metrics`]: per-shard counters merged at scrape time, and the metrics server.
+//! - [`webhooks`]: Pusher webhooks: batching and signing, and the sender thread.
+//! - [`redis`]: the redis adapter: RESP client, wire format, and the bridge thread.
 
 pub mod app;
 pub mod auth;
@@ -27,5 +31,6 @@ pub mod registry;
 pub mod server;
 pub mod shard;
 pub mod signals;
+pub mod tls;
 pub mod webhooks;
 pub mod ws;

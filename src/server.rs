@@ -77,6 +77,11 @@ impl Server {
 pub fn start(config: Config) -> io::Result<Server> {
     let shards = config.shards.max(1);
     let config = Arc::new(Config { shards, ..config });
+    let tls = if config.tls.enabled() {
+        Some(crate::tls::server_config(&config.tls).map_err(|e| io::Error::other(e.to_string()))?)
+    } else {
+        None
+    };
     let apps = Arc::new(AppTable::new(config.apps.clone()));
     let webhooks = Webhooks::start(
         config.apps.iter().map(AppHooks::from_config).collect(),
@@ -120,6 +125,7 @@ pub fn start(config: Config) -> io::Result<Server> {
                 server: Arc::clone(&state),
                 metrics: Arc::clone(&shard_metrics[id]),
                 webhooks: webhooks.clone(),
+                tls: tls.clone(),
             },
             links,
             shard::Startup {

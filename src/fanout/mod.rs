@@ -2,14 +2,11 @@
 //!
 //! Every shard owns one producer towards each other shard and one consumer from each.
 //! A consumer that finds its rings empty parks its task; the producer that next pushes
-//! wakes it through monoio's cross-thread waker, so an idle shard never spins.
+//! wakes it through a socket-pair bell its runtime polls, so an idle shard never spins.
 
-use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Poll;
 
-use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use rtrb::{Consumer, Producer, RingBuffer};
 
@@ -150,13 +147,34 @@ pub struct ChannelPart {
 }
 
 /// The wake-up side of a shard's inbox, shared with every producer.
-#[derive(Debug, Default)]
+///
+/// A producer wakes a sleeping consumer by writing one byte to a socket pair whose other
+/// end the consumer's runtime polls through io_uring. Its completion is reaped even while
+/// that runtime is busy with other tasks, which a cross-thread task waker is not.
+#[derive(Debug)]
 struct Signal {
-    waker: AtomicWaker,
-    /// Set by the consumer just before it parks; a producer that clears it wakes it.
+    /// The write end of the consumer's bell.
+    bell: std::os::unix::net::UnixStream,
+    /// Set by the consumer just before it parks; a producer that clears it rings.
     sleeping: AtomicBool,
     /// Set by [`InboxWaker::poke`]: wake up although the rings are empty.
     poked: AtomicBool,
+}
+
+impl Signal {
+    fn ring(&self) {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.bell);
+        // SAFETY: a one-byte send from a static buffer; a full socket (EAGAIN) means the
+        // consumer has a wake-up pending already.
+        unsafe {
+            libc::send(
+                fd,
+                b"!".as_ptr().cast(),
+                1,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+    }
 }
 
 /// Wakes a shard's inbox from any thread without sending an envelope (shutdown).
@@ -168,7 +186,7 @@ impl InboxWaker {
     pub fn poke(&self) {
         self.0.poked.store(true, Ordering::SeqCst);
         self.0.sleeping.store(false, Ordering::SeqCst);
-        self.0.waker.wake();
+        self.0.ring();
     }
 }
 
@@ -181,13 +199,37 @@ pub struct Outbox {
 pub struct Inbox {
     rings: Vec<Consumer<Envelope>>,
     signal: Arc<Signal>,
+    /// The read end of the bell, until the consumer's runtime takes it.
+    bell: Option<std::os::unix::net::UnixStream>,
 }
+
+/// The read end of an inbox's bell inside the consumer's runtime (not `Send`, so it is
+/// made on the consumer's thread: `Bell::default()` there).
+#[derive(Default)]
+pub struct Bell(Option<monoio::net::UnixStream>);
 
 /// Builds the mesh for `shards` shards with rings of `capacity` envelopes; element `i` is
 /// shard `i`'s outbox and inbox.
 #[must_use]
 pub fn mesh(shards: usize, capacity: usize) -> Vec<(Outbox, Inbox)> {
-    let signals: Vec<Arc<Signal>> = (0..shards).map(|_| Arc::default()).collect();
+    let mut bells = Vec::with_capacity(shards);
+    let signals: Vec<Arc<Signal>> = (0..shards)
+        .map(|_| {
+            // A socket pair is the one resource here that cannot be had, so failing to
+            // make one is fatal at start-up rather than a silent loss of wake-ups.
+            let (tx, rx) =
+                std::os::unix::net::UnixStream::pair().expect("socketpair for a shard's bell");
+            let _ = tx.set_nonblocking(true);
+            let _ = rx.set_nonblocking(true);
+            bells.push(rx);
+            Arc::new(Signal {
+                bell: tx,
+                sleeping: AtomicBool::new(false),
+                poked: AtomicBool::new(false),
+            })
+        })
+        .collect();
+    let mut bells = bells.into_iter();
     let mut outboxes: Vec<Outbox> = (0..shards)
         .map(|_| Outbox {
             targets: (0..shards).map(|_| None).collect(),
@@ -198,6 +240,7 @@ pub fn mesh(shards: usize, capacity: usize) -> Vec<(Outbox, Inbox)> {
         .map(|signal| Inbox {
             rings: Vec::new(),
             signal: Arc::clone(signal),
+            bell: bells.next(),
         })
         .collect();
     for (from, outbox) in outboxes.iter_mut().enumerate() {
@@ -232,7 +275,7 @@ impl Outbox {
             .push(envelope)
             .map_err(|rtrb::PushError::Full(e)| e)?;
         if signal.sleeping.swap(false, Ordering::SeqCst) {
-            signal.waker.wake();
+            signal.ring();
         }
         Ok(())
     }
@@ -262,22 +305,38 @@ impl Inbox {
         n
     }
 
-    /// Waits until some ring holds an envelope.
-    pub async fn ready(&self) {
-        poll_fn(|cx| {
+    /// Waits until some ring holds an envelope (or the inbox was poked). Must be called
+    /// on the consumer's runtime.
+    pub async fn ready(&mut self, listener: &mut Bell) {
+        loop {
             if self.has_items() {
-                return Poll::Ready(());
+                return;
             }
-            self.signal.waker.register(cx.waker());
             self.signal.sleeping.store(true, Ordering::SeqCst);
             if self.has_items() {
                 self.signal.sleeping.store(false, Ordering::SeqCst);
-                Poll::Ready(())
-            } else {
-                Poll::Pending
+                return;
             }
-        })
-        .await;
+            if listener.0.is_none()
+                && let Some(bell) = self.bell.take()
+            {
+                listener.0 = monoio::net::UnixStream::from_std(bell).ok();
+            }
+            match &listener.0 {
+                Some(listener) => {
+                    let _ = listener.readable(false).await;
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(listener);
+                    let mut sink = [0u8; 64];
+                    // SAFETY: `sink` is valid for writes of its length; drains the bell.
+                    while unsafe {
+                        libc::recv(fd, sink.as_mut_ptr().cast(), sink.len(), libc::MSG_DONTWAIT)
+                    } > 0
+                    {}
+                }
+                // No bell (it could not be registered): poll gently instead.
+                None => monoio::time::sleep(std::time::Duration::from_millis(1)).await,
+            }
+        }
     }
 
     /// Envelopes waiting in all rings (the ring-depth gauge).
@@ -352,7 +411,10 @@ mod tests {
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .build()
             .expect("runtime");
-        rt.block_on(inbox.ready());
+        rt.block_on(async move {
+            let mut inbox = inbox;
+            inbox.ready(&mut Bell::default()).await;
+        });
         handle.join().expect("producer thread");
     }
 }

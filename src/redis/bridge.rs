@@ -89,6 +89,7 @@ pub fn spawn(
                 stats,
                 alive: RefCell::new(Vec::new()),
                 sub_up: Cell::new(false),
+                mine: RefCell::new(AHashSet::new()),
             });
             let run = move || async move {
                 monoio::spawn(subscriber_loop(Rc::clone(&bridge)));
@@ -116,6 +117,9 @@ struct Bridge {
     alive: RefCell<Vec<u32>>,
     /// The pub/sub connection is subscribed.
     sub_up: Cell<bool>,
+    /// This node's presence entries as last written to Redis, to tell after a Redis
+    /// restart who left meanwhile.
+    mine: RefCell<AHashSet<String>>,
 }
 
 /// A resync in progress: rosters and counts collected from the shards.
@@ -190,9 +194,10 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
     let mut resync: Option<Resync> = None;
     let mut deltas: AHashMap<(AppIdx, Arc<str>), i64> = AHashMap::new();
     let mut was_up = false;
+    let mut bell = crate::fanout::Bell::default();
     loop {
         let wake = next_beat.min(retry_at).max(Instant::now());
-        let _ = monoio::time::timeout(wake - Instant::now(), inbox.ready()).await;
+        let _ = monoio::time::timeout(wake - Instant::now(), inbox.ready(&mut bell)).await;
         if conn.is_none() && Instant::now() >= retry_at {
             match Connection::connect(&bridge.opts).await {
                 Ok(c) => {
@@ -318,6 +323,9 @@ async fn flush(
     let n = cmds.iter().filter(|c| c[0].as_ref() == b"PUBLISH").count() as u64;
     let result = conn.pipeline(cmds).await;
     cmds.clear();
+    if result.is_err() {
+        bump(&bridge.stats.dropped, n);
+    }
     result?;
     bump(&bridge.stats.published, n);
     Ok(())
@@ -419,7 +427,7 @@ async fn online(
             socket,
         } => {
             flush(bridge, conn, cmds).await?;
-            join(
+            let joined = join(
                 bridge,
                 conn,
                 app,
@@ -432,7 +440,24 @@ async fn online(
                 home,
                 cmds,
             )
-            .await?;
+            .await;
+            if let Err(e) = joined {
+                // The socket is waiting for an answer: refuse it as if Redis were down.
+                offline(
+                    bridge,
+                    Envelope::ClusterJoin {
+                        app,
+                        channel,
+                        user_id,
+                        user_info,
+                        new_on_node,
+                        from,
+                        home,
+                        socket,
+                    },
+                );
+                return Err(e);
+            }
         }
         Envelope::ClusterLeave {
             app,
@@ -529,6 +554,9 @@ async fn join(
         );
         return Ok(());
     }
+    if new_on_node {
+        bridge.mine.borrow_mut().insert(entry.clone());
+    }
     let pairs: Vec<(String, String)> = items[1..]
         .chunks(2)
         .filter_map(|kv| match kv {
@@ -577,6 +605,9 @@ async fn leave(
 ) -> Result<(), super::client::RedisError> {
     let app_id = bridge.app_id(app).to_owned();
     let entry = scripts::entry(&app_id, channel, user_id);
+    if node == bridge.node {
+        bridge.mine.borrow_mut().remove(&entry);
+    }
     let reply = eval(
         conn,
         scripts::LEAVE,
@@ -845,7 +876,7 @@ async fn apply_resync(
     resync: Resync,
 ) -> Result<(), super::client::RedisError> {
     let mut cmds = Vec::new();
-    let old: AHashSet<String> = bulk_strings(
+    let in_redis: AHashSet<String> = bulk_strings(
         conn.call(&[
             b"SMEMBERS",
             bridge.keys.node_entries(bridge.node).as_bytes(),
@@ -861,6 +892,10 @@ async fn apply_resync(
             (app, channel, user, info),
         );
     }
+    // What this node told Redis before, whether or not Redis still has it (a restarted
+    // Redis has lost it): users gone since then are announced removed.
+    let mut old: AHashSet<String> = std::mem::take(&mut *bridge.mine.borrow_mut());
+    old.extend(in_redis.iter().cloned());
     for e in old.iter().filter(|e| !current.contains_key(*e)) {
         let Some((app_id, channel, user)) = scripts::split_entry(e) else {
             continue;
@@ -880,9 +915,12 @@ async fn apply_resync(
         .await?;
     }
     for (e, (app, channel, user, info)) in &current {
-        if old.contains(e) {
+        if in_redis.contains(e) {
+            bridge.mine.borrow_mut().insert(e.clone());
             continue;
         }
+        // Known before (Redis lost it): restore silently; new: announce if new to the cluster.
+        let known = old.contains(e);
         let app_id = bridge.app_id(*app).to_owned();
         let reply = eval(
             conn,
@@ -896,8 +934,10 @@ async fn apply_resync(
             &[user, info, e, &usize::MAX.to_string(), "1", channel],
         )
         .await?;
+        bridge.mine.borrow_mut().insert(e.clone());
         if let Reply::Array(items) = reply
             && items.first() == Some(&Reply::Int(1))
+            && !known
         {
             let member = member_data(user, Some(info));
             let frame = event_frame(&EventFrame {

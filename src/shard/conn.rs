@@ -44,6 +44,8 @@ pub struct Conn {
     pub ping_sent: Option<Instant>,
     /// Channels this connection is subscribed to, to leave them on disconnect.
     pub channels: Vec<Subscription>,
+    /// TLS state on `wss://` connections.
+    pub tls: Option<Box<super::tls::Tls>>,
     /// The user id after a successful `pusher:signin`.
     pub user_id: Option<Arc<str>>,
     /// Signed in or joined a private or presence channel (for user-authentication apps).
@@ -52,6 +54,17 @@ pub struct Conn {
     pub opened_at: Instant,
     /// Client events in the current one-second window: `(window start, count)`.
     pub client_events: (Instant, u32),
+}
+
+impl Conn {
+    /// Hands queued frames to the kernel without blocking (encrypting them first on TLS).
+    pub fn flush(&mut self) -> Flushed {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*self.stream);
+        match self.tls.as_mut() {
+            Some(tls) => tls.flush(&mut self.out, fd),
+            None => self.out.flush(fd),
+        }
+    }
 }
 
 /// One channel a connection is on.
@@ -104,6 +117,18 @@ impl Outbound {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
+    }
+
+    /// Hands every queued frame to `f` (TLS encrypts them) and empties the queue.
+    pub fn drain_into(&mut self, mut f: impl FnMut(&[u8])) {
+        for (i, frame) in self.frames.iter().enumerate() {
+            f(if i == 0 {
+                &frame[self.offset..]
+            } else {
+                &frame[..]
+            });
+        }
+        self.clear();
     }
 
     /// Drops everything queued (a connection being evicted).

@@ -6,6 +6,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -14,7 +15,8 @@ use monoio_codec::{Decoded, Decoder as _};
 use monoio_http::common::request::RequestHead;
 use monoio_http::h1::codec::decoder::RequestHeadDecoder;
 
-use super::conn::{self, Conn, Outbound, write_all};
+use super::conn::{self, Conn, Flushed, Outbound, write_all};
+use super::tls::Tls;
 use super::{Shard, session};
 use crate::app::AppIdx;
 use crate::config::AppConfig;
@@ -27,29 +29,76 @@ use crate::ws::{self, close_frame};
 /// Largest request head accepted; larger gets 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
-/// Reads more bytes into `buf`; false at end of stream or on error.
-async fn read_more(shard: &Shard, stream: &TcpStream, buf: &mut BytesMut) -> bool {
-    loop {
-        if stream.readable(false).await.is_err() {
-            return false;
+/// The socket of a connection in its HTTP phase, with TLS when the server has it.
+struct Link {
+    stream: TcpStream,
+    tls: Option<Box<Tls>>,
+}
+
+impl Link {
+    /// Reads more (plaintext) bytes into `buf`; false at end of stream or on error.
+    async fn read_more(&mut self, shard: &Shard, buf: &mut BytesMut) -> bool {
+        loop {
+            if self.stream.readable(false).await.is_err() {
+                return false;
+            }
+            let mut scratch = shard.take_scratch();
+            let got = conn::recv_now(self.stream.as_raw_fd(), &mut scratch);
+            let mut broken = false;
+            if let Ok(n) = got {
+                match self.tls.as_mut() {
+                    Some(tls) => {
+                        let mut plain = Vec::new();
+                        broken = tls.read(&scratch[..n], &mut plain).is_err();
+                        buf.extend_from_slice(&plain);
+                    }
+                    None => buf.extend_from_slice(&scratch[..n]),
+                }
+            }
+            shard.put_scratch(scratch);
+            // Handshake records (or an alert) to answer.
+            if self.tls.as_ref().is_some_and(|t| t.has_pending())
+                && self.write_all(&[]).await.is_err()
+            {
+                return false;
+            }
+            match got {
+                _ if broken => return false,
+                Ok(0) => return false,
+                Ok(_) if self.tls.is_some() && buf.is_empty() => continue,
+                Ok(_) => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return false,
+            }
         }
-        let mut scratch = shard.take_scratch();
-        let got = conn::recv_now(stream.as_raw_fd(), &mut scratch);
-        if let Ok(n) = got {
-            buf.extend_from_slice(&scratch[..n]);
-        }
-        shard.put_scratch(scratch);
-        match got {
-            Ok(0) => return false,
-            Ok(_) => return true,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(_) => return false,
+    }
+
+    /// Writes all of `data` (encrypted on TLS), waiting for the socket when it is full.
+    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let Some(tls) = self.tls.as_mut() else {
+            return write_all(&self.stream, data).await;
+        };
+        tls.write(data);
+        loop {
+            match tls.send(self.stream.as_raw_fd()) {
+                Flushed::Done => return Ok(()),
+                Flushed::Blocked => self.stream.writable(false).await?,
+                Flushed::Failed => return Err(std::io::ErrorKind::BrokenPipe.into()),
+            }
         }
     }
 }
 
 /// Serves one accepted socket until it closes.
 pub(super) async fn handle_connection(shard: Rc<Shard>, stream: TcpStream) {
+    let tls = match &shard.tls {
+        Some(config) => match Tls::new(Arc::clone(config)) {
+            Ok(t) => Some(Box::new(t)),
+            Err(_) => return,
+        },
+        None => None,
+    };
+    let mut link = Link { stream, tls };
     let mut buf = BytesMut::new();
     loop {
         let buffered = buf.len();
@@ -58,20 +107,25 @@ pub(super) async fn handle_connection(shard: Rc<Shard>, stream: TcpStream) {
             Ok(_) => {
                 if buf.len() > MAX_HEAD_BYTES {
                     let _ = respond(
-                        &stream,
+                        &mut link,
                         &http::error(431, "Request header too large."),
                         false,
                     )
                     .await;
                     return;
                 }
-                if !read_more(&shard, &stream, &mut buf).await {
+                if !link.read_more(&shard, &mut buf).await {
                     return;
                 }
                 continue;
             }
             Err(_) => {
-                let _ = respond(&stream, &http::error(400, "Malformed HTTP request."), false).await;
+                let _ = respond(
+                    &mut link,
+                    &http::error(400, "Malformed HTTP request."),
+                    false,
+                )
+                .await;
                 return;
             }
         };
@@ -79,18 +133,18 @@ pub(super) async fn handle_connection(shard: Rc<Shard>, stream: TcpStream) {
             // The head and its read buffer are not needed once the upgrade is decided; an
             // idle WebSocket should hold nothing of its HTTP past.
             drop(buf);
-            return upgrade(shard, stream, head).await;
+            return upgrade(shard, link, head).await;
         }
         let keep_alive = http::keep_alive(&head);
         let len = match http::body_length(&head, shard.config.max_http_body_bytes) {
             Ok(len) => len,
             Err(resp) => {
-                let _ = respond(&stream, &resp, false).await;
+                let _ = respond(&mut link, &resp, false).await;
                 return;
             }
         };
         while buf.len() < len {
-            if !read_more(&shard, &stream, &mut buf).await {
+            if !link.read_more(&shard, &mut buf).await {
                 return;
             }
         }
@@ -106,7 +160,7 @@ pub(super) async fn handle_connection(shard: Rc<Shard>, stream: TcpStream) {
         shard
             .metrics
             .add_http(app, (head_len + len) as u64, bytes.len() as u64);
-        if write_all(&stream, &bytes).await.is_err() || !keep_alive {
+        if link.write_all(&bytes).await.is_err() || !keep_alive {
             return;
         }
         if buf.is_empty() {
@@ -116,13 +170,13 @@ pub(super) async fn handle_connection(shard: Rc<Shard>, stream: TcpStream) {
     }
 }
 
-async fn respond(stream: &TcpStream, resp: &Response, keep_alive: bool) -> std::io::Result<()> {
-    write_all(stream, &resp.encode(keep_alive)).await
+async fn respond(link: &mut Link, resp: &Response, keep_alive: bool) -> std::io::Result<()> {
+    link.write_all(&resp.encode(keep_alive)).await
 }
 
 /// Completes the WebSocket handshake, checks app and protocol version, then runs the
 /// Pusher session until the socket closes.
-async fn upgrade(shard: Rc<Shard>, stream: TcpStream, head: RequestHead) {
+async fn upgrade(shard: Rc<Shard>, mut link: Link, head: RequestHead) {
     let Some(key) = head
         .uri
         .path()
@@ -130,7 +184,7 @@ async fn upgrade(shard: Rc<Shard>, stream: TcpStream, head: RequestHead) {
         .filter(|k| !k.is_empty() && !k.contains('/'))
         .map(str::to_owned)
     else {
-        let _ = respond(&stream, &http::error(404, "Not found."), false).await;
+        let _ = respond(&mut link, &http::error(404, "Not found."), false).await;
         return;
     };
     let response = match ws::upgrade_response(&head.method, head.version, &head.headers) {
@@ -140,11 +194,11 @@ async fn upgrade(shard: Rc<Shard>, stream: TcpStream, head: RequestHead) {
             if e.status() == 426 {
                 resp.headers.push(("Sec-WebSocket-Version", "13".into()));
             }
-            let _ = respond(&stream, &resp, false).await;
+            let _ = respond(&mut link, &resp, false).await;
             return;
         }
     };
-    if write_all(&stream, &response).await.is_err() {
+    if link.write_all(&response).await.is_err() {
         return;
     }
     let query = crate::auth::parse_query(head.uri.query().unwrap_or(""));
@@ -162,13 +216,17 @@ async fn upgrade(shard: Rc<Shard>, stream: TcpStream, head: RequestHead) {
         shard.metrics.inc(Counter::ConnectionsRejected, 1);
         let mut frames = error_frame(code, None).to_vec();
         frames.extend_from_slice(&close_frame(code.code(), code.message()));
-        let _ = write_all(&stream, &frames).await;
-        conn::shutdown(stream.as_raw_fd(), libc::SHUT_WR);
+        let _ = link.write_all(&frames).await;
+        conn::shutdown(link.stream.as_raw_fd(), libc::SHUT_WR);
         // Let the client read the close before the socket goes away.
-        let _ =
-            monoio::time::timeout(std::time::Duration::from_secs(2), stream.readable(false)).await;
+        let _ = monoio::time::timeout(
+            std::time::Duration::from_secs(2),
+            link.stream.readable(false),
+        )
+        .await;
         return;
     };
+    let Link { stream, tls } = link;
     let (serial, socket_id) = shard.next_socket_id();
     let stream = Rc::new(stream);
     let now = Instant::now();
@@ -188,6 +246,7 @@ async fn upgrade(shard: Rc<Shard>, stream: TcpStream, head: RequestHead) {
         authorized: false,
         opened_at: now,
         client_events: (now, 0),
+        tls,
     });
     shard.metrics.inc_new_connection(app.0 as usize);
     shard.metrics.add_connected(app.0 as usize, 1);

@@ -14,6 +14,7 @@ mod query;
 mod session;
 mod subscribe;
 mod sweep;
+mod tls;
 mod users;
 
 use std::cell::{Cell, RefCell};
@@ -83,6 +84,8 @@ pub struct Shard {
     pub metrics: Arc<ShardMetrics>,
     /// The webhook sender (its own thread); `send` never blocks.
     pub webhooks: Webhooks,
+    /// TLS settings when the server serves `wss://` and `https://`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// What every shard of the process shares: connection count, shutdown flag.
     pub server: Arc<ServerState>,
     /// This shard's part of the handshake rate limit.
@@ -127,6 +130,7 @@ pub struct Context {
     /// The counters this shard (alone) writes.
     pub metrics: Arc<ShardMetrics>,
     pub webhooks: Webhooks,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Starts shard `id` on its own thread and returns its handle.
@@ -147,6 +151,7 @@ pub fn spawn(
                 server,
                 metrics,
                 webhooks,
+                tls,
             } = cx;
             let (outbox, inbox) = links;
             let handshakes = RefCell::new(handshake_bucket(&config, config.shards));
@@ -172,6 +177,7 @@ pub fn spawn(
                 next_serial: Cell::new(0),
                 metrics,
                 webhooks,
+                tls,
                 handshakes,
                 listener_fd: Cell::new(-1),
                 stop_waker: RefCell::new(None),

@@ -117,6 +117,16 @@ impl Shard {
         }
     }
 
+    /// Puts `key` on the list of sockets to flush.
+    pub(super) fn mark_dirty(&self, key: ConnKey) {
+        if let Some(c) = self.conns.borrow_mut().get_mut(key)
+            && !c.dirty
+        {
+            c.dirty = true;
+            self.dirty.borrow_mut().push(key);
+        }
+    }
+
     /// Queues one frame for one connection (replies, errors).
     pub fn send_to(&self, key: ConnKey, frame: Bytes) {
         let mut conns = self.conns.borrow_mut();
@@ -168,7 +178,7 @@ impl Shard {
             .push(close_frame(code.code(), code.message()), usize::MAX);
         c.closing = Some(Instant::now());
         let fd = std::os::fd::AsRawFd::as_raw_fd(&*c.stream);
-        let _ = c.out.flush(fd);
+        let _ = c.flush();
         c.out.clear();
         conn::shutdown(fd, libc::SHUT_RDWR);
     }
@@ -189,7 +199,7 @@ impl Shard {
                 continue;
             }
             let fd = std::os::fd::AsRawFd::as_raw_fd(&*c.stream);
-            match c.out.flush(fd) {
+            match c.flush() {
                 Flushed::Done => {
                     if c.closing.is_some() {
                         conn::shutdown(fd, libc::SHUT_WR);
@@ -223,7 +233,7 @@ async fn writer(shard: Rc<Shard>, key: ConnKey, serial: u64, stream: Rc<monoio::
         };
         let fd = std::os::fd::AsRawFd::as_raw_fd(&*stream);
         let result = if ready.is_ok() {
-            c.out.flush(fd)
+            c.flush()
         } else {
             Flushed::Failed
         };
@@ -247,8 +257,9 @@ async fn writer(shard: Rc<Shard>, key: ConnKey, serial: u64, stream: Rc<monoio::
 
 /// Drains the rings from other shards for as long as the shard lives.
 pub(super) async fn inbox_loop(shard: Rc<Shard>, mut inbox: Inbox) {
+    let mut bell = crate::fanout::Bell::default();
     loop {
-        inbox.ready().await;
+        inbox.ready(&mut bell).await;
         super::lifecycle::notice(&shard);
         loop {
             let n = inbox.drain(DRAIN_BATCH, |e| shard.handle_envelope(e));

@@ -7,6 +7,7 @@ use std::time::Instant;
 use monoio::net::TcpStream;
 
 use super::driver::fd_of;
+use super::tls::TlsBroken;
 use super::{Shard, conn};
 use crate::metrics::Counter;
 use crate::protocol::{
@@ -27,7 +28,13 @@ pub(super) async fn run(shard: &Rc<Shard>, key: ConnKey, stream: &TcpStream) {
         let got = conn::recv_now(fd, &mut scratch);
         let keep_going = match got {
             Ok(0) => false,
-            Ok(n) => handle_bytes(shard, key, &mut decoder, &mut scratch[..n]),
+            Ok(n) => match decrypt(shard, key, &scratch[..n]) {
+                None => handle_bytes(shard, key, &mut decoder, &mut scratch[..n]),
+                Some(Ok(mut plain)) => {
+                    plain.is_empty() || handle_bytes(shard, key, &mut decoder, &mut plain)
+                }
+                Some(Err(_)) => false,
+            },
             Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
         };
         shard.put_scratch(scratch);
@@ -36,6 +43,20 @@ pub(super) async fn run(shard: &Rc<Shard>, key: ConnKey, stream: &TcpStream) {
             return;
         }
     }
+}
+
+/// On TLS connections, the plaintext of what was read (and any TLS answer is queued).
+fn decrypt(shard: &Shard, key: ConnKey, cipher: &[u8]) -> Option<Result<Vec<u8>, TlsBroken>> {
+    let mut conns = shard.conns.borrow_mut();
+    let tls = conns.get_mut(key)?.tls.as_mut()?;
+    let mut plain = Vec::new();
+    let result = tls.read(cipher, &mut plain).map(|()| plain);
+    let answer = tls.has_pending();
+    drop(conns);
+    if answer {
+        shard.mark_dirty(key);
+    }
+    Some(result)
 }
 
 /// Feeds bytes to the frame decoder; false when the session is over.

@@ -66,7 +66,6 @@ describe('metrics over 2 shards', { timeout: 55_000 }, () => {
     });
     for (const c of clients) resources.add(c);
     const shards = new Set(clients.map((c) => shardHint(c.socketId)));
-    // Discarded extras disconnect too; count from here.
     const name = `metrics-${uniq()}`;
     const channels = [];
     for (const c of clients) channels.push(await subscribe(c, name));

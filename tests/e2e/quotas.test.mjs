@@ -19,6 +19,13 @@ import { connectedAuthed, once, recordMessages, shardHint, sleep, subscribe, wai
 
 const RAW_PATH = `/app/${APP.key}?protocol=7&client=js&version=8.6.0&flash=false`;
 
+/**
+ * The Pusher error code in a pusher-js connection `error` event: `{type:'PusherError', data}`
+ * once connected, wrapped as `{type:'WebSocketError', error:{type:'PusherError', data}}` when
+ * the server closes during the handshake.
+ */
+const pusherErrorCode = (e) => e?.data?.code ?? e?.error?.data?.code;
+
 describe('SOKETI_DEFAULT_APP_MAX_CONNS=3 over 2 shards', { timeout: 30_000 }, () => {
   let server;
   const resources = cleanup();
@@ -43,7 +50,7 @@ describe('SOKETI_DEFAULT_APP_MAX_CONNS=3 over 2 shards', { timeout: 30_000 }, ()
     fourth.connection.bind('error', (e) => errors.push(e));
     fourth.connection.bind('state_change', (s) => states.push(s.current));
     fourth.connect();
-    await waitFor(() => errors.some((e) => e?.data?.code === 4004), 5_000, 'a 4004 error on the 4th pusher-js client').catch((err) => {
+    await waitFor(() => errors.some((e) => pusherErrorCode(e) === 4004), 5_000, 'a 4004 error on the 4th pusher-js client').catch((err) => {
       throw new Error(`${err.message}; errors: ${JSON.stringify(errors)}; states: ${JSON.stringify(states)} (the 3 others are on shards ${shards})`);
     });
     await sleep(500);
@@ -149,7 +156,7 @@ describe('rate quotas over 2 shards', { timeout: 40_000 }, () => {
     const e = await errorSeen.catch((err) => {
       throw new Error(`${err.message}; the reader got ${JSON.stringify(got)}`);
     });
-    assert.equal(e?.data?.code, 4301, `sender's error: ${JSON.stringify(e)}`);
+    assert.equal(pusherErrorCode(e), 4301, `sender's error: ${JSON.stringify(e)}`);
     await sleep(500);
     const delivered = got.filter((m) => m.event === 'client-burst');
     assert.deepEqual(
@@ -157,7 +164,7 @@ describe('rate quotas over 2 shards', { timeout: 40_000 }, () => {
       [{ i: 0 }, { i: 1 }],
       `the reader got these client events (shards: sender ${shardHint(sender.socketId)}, reader ${shardHint(reader.socketId)})`,
     );
-    assert.equal(errors.filter((x) => x?.data?.code === 4301).length, 1, `errors: ${JSON.stringify(errors)}`);
+    assert.equal(errors.filter((x) => pusherErrorCode(x) === 4301).length, 1, `errors: ${JSON.stringify(errors)}`);
     assert.equal(sender.connection.state, 'connected', '4301 must leave the connection open');
 
     // After the window the sender may send again.

@@ -15,6 +15,12 @@ import { spawnServerOn, uniq } from './ops-helpers.mjs';
 import { once, shardHint, subscribe, waitFor, withTimeout } from './protocol-helpers.mjs';
 
 const GRACE_MS = 2_000;
+/**
+ * How long pusher-js may take to come back once the port refuses connections: it retries at
+ * once on 4200, but after a refused TCP connect its transport strategy waits for its attempt
+ * timer (15 s, pusher-js's default `SequentialStrategy` timeout) before trying again.
+ */
+const RECONNECT_AFTER_REFUSAL_MS = 20_000;
 
 /** GET /ready on a keep-alive agent: `{ status, reused }` (reused: the request went on an existing socket). */
 function getReady(port, agent) {
@@ -57,6 +63,19 @@ async function stubbornSocket(port) {
   );
   sock.on('error', () => {});
   return { received: () => buf, destroy: () => sock.destroy() };
+}
+
+/** Collapses consecutive equal observations: `what @first-last ms (xN)`. */
+function summarize(seen) {
+  const out = [];
+  for (const s of seen) {
+    const last = out[out.length - 1];
+    if (last && last.what === s.what) {
+      last.to = s.ms;
+      last.n += 1;
+    } else out.push({ what: s.what, from: s.ms, to: s.ms, n: 1 });
+  }
+  return out.map((o) => `${o.what} @${o.from}${o.to !== o.from ? `-${o.to}` : ''} ms${o.n > 1 ? ` (x${o.n})` : ''}`).join('; ');
 }
 
 describe('graceful shutdown on SIGTERM over 2 shards', { timeout: 55_000 }, () => {
@@ -107,33 +126,37 @@ describe('graceful shutdown on SIGTERM over 2 shards', { timeout: 55_000 }, () =
 
     // /ready turns 503 while draining: on the existing keep-alive connection, or on a new one.
     const readySeen = [];
+    const note = (what) => readySeen.push({ ms: Date.now() - sigAt, what });
     const ready503 = await waitFor(
       async () => {
         let r;
         try {
           r = await getReady(port, agent);
+          note(`keep-alive ${r.status}${r.reused ? ' (reused socket)' : ' (new socket)'}`);
         } catch (err) {
-          readySeen.push({ keepAliveError: err.message });
+          note(`keep-alive error ${err.code ?? err.message}`);
           try {
             r = await getReady(port, undefined);
+            note(`new connection ${r.status}`);
           } catch (err2) {
-            readySeen.push({ newConnectionError: err2.message });
+            note(`new connection error ${err2.code ?? err2.message}`);
             return null;
           }
         }
-        readySeen.push(r);
         return r.status === 503 ? r : null;
       },
       GRACE_MS,
       '/ready to answer 503 during the drain',
       5,
     ).catch((err) => {
-      throw new Error(`${err.message}; answers: ${JSON.stringify(readySeen)}; server exit: ${JSON.stringify(a.exitInfo())}`);
+      const exit = a.exitInfo();
+      const exitMs = exit ? `${exit.at - sigAt} ms after SIGTERM` : 'not yet';
+      throw new Error(`${err.message}; /ready answers (ms after SIGTERM): ${summarize(readySeen)}; server A exited: ${exitMs} ${JSON.stringify(exit)}`);
     });
     assert.equal(ready503.status, 503);
     assert.ok(
-      readySeen.every((r) => r.status === undefined || r.status === 200 || r.status === 503),
-      `unexpected /ready answers: ${JSON.stringify(readySeen)}`,
+      readySeen.every((r) => !/ (?!200|503)\d{3}/.test(r.what)),
+      `unexpected /ready answers: ${summarize(readySeen)}`,
     );
 
     // Every client was told to reconnect: pusher:error 4200 on the wire, then close 4200.
@@ -161,10 +184,11 @@ describe('graceful shutdown on SIGTERM over 2 shards', { timeout: 55_000 }, () =
     // Server B on the same port: the same pusher-js objects come back on their own.
     const b = await spawnServerOn({ port, shards: 2, env });
     servers.push(b);
+    // The same pusher-js objects reconnect on their own (no connect() call from the test).
     for (const c of clients) {
       await waitFor(
         () => c.connection.state === 'connected' && c.connection.socket_id && c.connection.socket_id !== c.firstSocketId,
-        10_000,
+        RECONNECT_AFTER_REFUSAL_MS,
         `client ${c.firstSocketId} to reconnect to server B`,
       ).catch((e) => {
         throw new Error(`${e.message}; state ${c.connection.state}, states ${JSON.stringify(c.states.slice(-10))}`);
