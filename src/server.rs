@@ -111,6 +111,7 @@ pub fn start(config: Config) -> io::Result<Server> {
                 node,
                 links,
                 Arc::clone(&bridge_stats),
+                webhooks.clone(),
             )?,
         ));
     }

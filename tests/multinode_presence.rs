@@ -352,7 +352,7 @@ fn members_of_a_node_killed_with_sigkill_are_removed_cluster_wide_within_30_s() 
             v["event"] == "pusher_internal:member_removed"
         }) {
             Ok(v) => {
-                let ev = member_events(&[v.clone()], channel);
+                let ev = member_events(std::slice::from_ref(&v), channel);
                 seen.push(v);
                 if ev == vec![removed("zed")] {
                     break killed_at.elapsed();

@@ -25,12 +25,14 @@ use super::scripts::{self, Keys};
 use super::wire::Message;
 use crate::app::{AppIdx, AppTable};
 use crate::config::Config;
+use crate::config::WebhookEvent;
 use crate::fanout::{
     ChannelPart, Envelope, Inbox, Outbox, Query, QueryReply, RosterEntry, SocketRef,
 };
 use crate::protocol::{
     Data, EventFrame, event_frame, subscription_error_frame, subscription_succeeded,
 };
+use crate::webhooks::{Event, Webhooks};
 
 /// How often a node writes its heartbeat and looks for dead nodes.
 const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -67,6 +69,7 @@ pub fn spawn(
     node: u32,
     links: (Outbox, Inbox),
     stats: Arc<BridgeStats>,
+    webhooks: Webhooks,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("corecast-redis".into())
@@ -90,6 +93,7 @@ pub fn spawn(
                 alive: RefCell::new(Vec::new()),
                 sub_up: Cell::new(false),
                 mine: RefCell::new(AHashSet::new()),
+                webhooks,
             });
             let run = move || async move {
                 monoio::spawn(subscriber_loop(Rc::clone(&bridge)));
@@ -120,6 +124,8 @@ struct Bridge {
     /// This node's presence entries as last written to Redis, to tell after a Redis
     /// restart who left meanwhile.
     mine: RefCell<AHashSet<String>>,
+    /// Cluster-wide webhooks (occupancy, members) are sent by the node that decides them.
+    webhooks: Webhooks,
 }
 
 /// A resync in progress: rosters and counts collected from the shards.
@@ -477,6 +483,14 @@ async fn online(
             let reply = read(bridge, conn, app, &query).await?;
             bridge.to_shard(from, Envelope::Reply { id, reply });
         }
+        Envelope::Occupancy {
+            app,
+            channel,
+            delta,
+        } => {
+            flush(bridge, conn, cmds).await?;
+            occupy(bridge, conn, bridge.node, app, &channel, delta, true).await?;
+        }
         _ => {}
     }
     Ok(())
@@ -580,6 +594,14 @@ async fn join(
         },
     );
     if added == 1 {
+        let a = app.0 as usize;
+        if bridge.webhooks.wants(a, WebhookEvent::MemberAdded, channel) {
+            let event = Event::MemberAdded {
+                channel: channel.to_string(),
+                user_id: user_id.to_string(),
+            };
+            bridge.webhooks.send(a, event);
+        }
         let member = member_data(user_id, Some(user_info));
         let frame = event_frame(&EventFrame {
             event: "pusher_internal:member_added",
@@ -621,6 +643,17 @@ async fn leave(
     )
     .await?;
     if reply == Reply::Int(1) {
+        let a = app.0 as usize;
+        if bridge
+            .webhooks
+            .wants(a, WebhookEvent::MemberRemoved, channel)
+        {
+            let event = Event::MemberRemoved {
+                channel: channel.to_string(),
+                user_id: user_id.to_owned(),
+            };
+            bridge.webhooks.send(a, event);
+        }
         let data = member_data(user_id, None);
         let frame = event_frame(&EventFrame {
             event: "pusher_internal:member_removed",
@@ -629,6 +662,55 @@ async fn leave(
             user_id: None,
         });
         bridge.announce(app, channel, frame, None, cmds);
+    }
+    Ok(())
+}
+
+/// Counts `channel` as occupied (+1) or vacated (-1) on `node`; the node that moves the
+/// cluster count between 0 and 1 sends `channel_occupied` / `channel_vacated`.
+async fn occupy(
+    bridge: &Bridge,
+    conn: &mut Connection,
+    node: u32,
+    app: AppIdx,
+    channel: &str,
+    delta: i8,
+    notify: bool,
+) -> Result<(), super::client::RedisError> {
+    let app_id = bridge.app_id(app).to_owned();
+    let field = format!("{app_id}\n{channel}");
+    let sign = if delta > 0 { "1" } else { "-1" };
+    let reply = eval(
+        conn,
+        scripts::OCCUPY,
+        &[
+            &bridge.keys.occupied(&app_id),
+            &bridge.keys.node_occupied(node),
+        ],
+        &[channel, sign, &field],
+    )
+    .await?;
+    let a = app.0 as usize;
+    let event = match (reply, delta > 0) {
+        (Reply::Int(1), true) => Some((
+            WebhookEvent::ChannelOccupied,
+            Event::ChannelOccupied {
+                channel: channel.to_owned(),
+            },
+        )),
+        (Reply::Int(0), false) => Some((
+            WebhookEvent::ChannelVacated,
+            Event::ChannelVacated {
+                channel: channel.to_owned(),
+            },
+        )),
+        _ => None,
+    };
+    if notify
+        && let Some((kind, event)) = event
+        && bridge.webhooks.wants(a, kind, channel)
+    {
+        bridge.webhooks.send(a, event);
     }
     Ok(())
 }
@@ -850,6 +932,20 @@ async fn reap(
         )
         .await?;
     }
+    // Its occupied channels: vacated where it was the last node.
+    let occupied = bulk_strings(
+        conn.call(&[b"SMEMBERS", bridge.keys.node_occupied(node).as_bytes()])
+            .await?,
+    );
+    for field in &occupied {
+        let Some((app_id, channel)) = field.split_once('\n') else {
+            continue;
+        };
+        let Some((app, _)) = bridge.apps.by_id(app_id) else {
+            continue;
+        };
+        occupy(bridge, conn, node, app, channel, -1, true).await?;
+    }
     flush(bridge, conn, &mut cmds).await?;
     conn.call(&[
         b"DEL",
@@ -952,6 +1048,15 @@ async fn apply_resync(
     let key = bridge.keys.node_channels(bridge.node);
     cmds.push(vec![Bytes::from_static(b"DEL"), Bytes::from(key.clone())]);
     for (app, channel, count) in resync.channels {
+        // Still occupied here: restore the node's share of the cluster count silently
+        // (a no-op when Redis kept it).
+        if count > 0
+            && bridge
+                .webhooks
+                .wants(app.0 as usize, WebhookEvent::ChannelVacated, &channel)
+        {
+            occupy(bridge, conn, bridge.node, app, &channel, 1, false).await?;
+        }
         let field = format!("{}\n{channel}", bridge.app_id(app));
         cmds.push(vec![
             Bytes::from_static(b"HINCRBY"),

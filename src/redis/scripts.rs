@@ -46,6 +46,20 @@ end
 return 0
 ";
 
+/// Counts the nodes on which a channel is occupied; returns the new count.
+/// KEYS: occupied counts of the app, the node's occupied channels.
+/// ARGV: channel, +1 or -1, `app\nchannel`. Returns -1 when the node's state did not change.
+pub const OCCUPY: &str = r"
+if ARGV[2] == '1' then
+  if redis.call('SADD', KEYS[2], ARGV[3]) == 0 then return -1 end
+else
+  if redis.call('SREM', KEYS[2], ARGV[3]) == 0 then return -1 end
+end
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], tonumber(ARGV[2]))
+if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return n
+";
+
 /// Key and channel names under the configured prefixes.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -95,6 +109,18 @@ impl Keys {
     #[must_use]
     pub fn node_channels(&self, node: u32) -> String {
         format!("{}corecast:node:{node}:channels", self.key_prefix)
+    }
+
+    /// How many nodes each channel of an app is occupied on.
+    #[must_use]
+    pub fn occupied(&self, app_id: &str) -> String {
+        format!("{}corecast:occupied:{app_id}", self.key_prefix)
+    }
+
+    /// A node's occupied channels (`app\nchannel`).
+    #[must_use]
+    pub fn node_occupied(&self, node: u32) -> String {
+        format!("{}corecast:node:{node}:occupied", self.key_prefix)
     }
 
     /// Every node's last heartbeat (unix ms).

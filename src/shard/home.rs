@@ -285,8 +285,18 @@ impl Shard {
             occupancy.remove(&key);
         }
         drop(occupancy);
-        if let Some(event) = event {
-            self.webhooks.send(app.0 as usize, event);
+        match (event, self.bridge) {
+            // Cluster mode: the node-level change goes to Redis, which decides for all.
+            (Some(_), Some(bridge)) => {
+                let envelope = Envelope::Occupancy {
+                    app,
+                    channel: Arc::from(channel),
+                    delta,
+                };
+                self.send_envelope(bridge, envelope);
+            }
+            (Some(event), None) => self.webhooks.send(app.0 as usize, event),
+            (None, _) => {}
         }
     }
 
