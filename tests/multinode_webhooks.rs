@@ -14,8 +14,11 @@ use common::rest::{KEY, SECRET, hmac_hex, post};
 use common::{Ws, start};
 use serde_json::{Value, json};
 
+/// Every webhook event received: its name and `channel[/user_id]`.
+type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
 /// Accepts webhook POSTs and keeps every event name with its channel.
-fn receiver() -> (u16, Arc<Mutex<Vec<(String, String)>>>) {
+fn receiver() -> (u16, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let seen = Arc::new(Mutex::new(Vec::new()));
