@@ -12,6 +12,9 @@ pub enum Scenario {
     Memory,
     /// Open and subscribe connections in waves, measure CPU per connection.
     Connect,
+    /// Two nodes joined by Redis: subscribe on node B, publish through node A's REST
+    /// API, measure cross-node delivery cost and latency.
+    Crossnode,
 }
 
 impl Scenario {
@@ -20,6 +23,7 @@ impl Scenario {
             Scenario::Delivery => "delivery",
             Scenario::Memory => "memory",
             Scenario::Connect => "connect",
+            Scenario::Crossnode => "crossnode",
         }
     }
 
@@ -29,6 +33,7 @@ impl Scenario {
             Scenario::Delivery => "bench",
             Scenario::Memory => "mem",
             Scenario::Connect => "conn",
+            Scenario::Crossnode => "xnode",
         }
     }
 }
@@ -39,7 +44,7 @@ pub struct Args {
     pub scenario: Scenario,
     /// The server binary, started as `<bin> start`.
     pub server_bin: PathBuf,
-    /// `SOKETI_PORT` for the spawned server.
+    /// `SOKETI_PORT` for the spawned server (crossnode: node A; node B gets `port + 1`).
     pub port: u16,
     /// `CORECAST_SHARDS` for the spawned server.
     pub shards: usize,
@@ -69,16 +74,22 @@ pub struct Args {
     pub app_secret: String,
     /// Where the server's stdout and stderr go, one file per run.
     pub log_dir: PathBuf,
+    /// The Redis server the crossnode scenario starts, as
+    /// `<bin> --port P --save '' --appendonly no`.
+    pub redis_bin: PathBuf,
+    /// How long the crossnode scenario waits for a probe event to cross the nodes.
+    pub link_timeout: Duration,
 }
 
 pub const USAGE: &str = "\
 usage: cargo bench --bench loadgen -- [options]
-  --scenario delivery|memory|connect   (default delivery)
+  --scenario delivery|memory|connect|crossnode   (default delivery)
   --server-bin PATH      (default target/release/corecast)
-  --port N               (default 6101; 0 = a free port per run)
-  --shards N             (default 2)
-  --connections N        (delivery 2000, memory 19000, connect 5000)
-  --channels N           (delivery 20, memory 100, connect 20)
+  --port N               (default 6101; 0 = a free port per run;
+                          crossnode: node A on N, node B on N+1)
+  --shards N             CORECAST_SHARDS per node (crossnode 1, others 2)
+  --connections N        (delivery 2000, memory 19000, connect 5000, crossnode 1000)
+  --channels N           (delivery 20, memory 100, connect 20, crossnode 10)
   --rate N               events/s over REST, 0 = flat out (default 500)
   --duration SECS        measured window (default 20)
   --warmup SECS          (default 3)
@@ -90,7 +101,13 @@ usage: cargo bench --bench loadgen -- [options]
   --client-threads N     (default 1)
   --publishers N         keep-alive REST connections (default 4)
   --app-id S --app-key S --app-secret S   (default app-id, app-key, app-secret)
-  --log-dir PATH         server logs (default target/loadgen)";
+  --log-dir PATH         server logs (default target/loadgen)
+  --redis-bin PATH       crossnode: redis-server to start on a free port (default redis-server)
+  --link-timeout SECS    crossnode: wait for a probe to cross A -> B (default 30)
+
+crossnode: one redis-server and two nodes with SOKETI_ADAPTER_DRIVER=redis;
+subscribers on node B only, REST publishes on node A only; every process is
+stopped at the end of each run, whatever happened.";
 
 impl Args {
     /// Parses the process arguments; `cargo bench` adds `--bench`, which is ignored.
@@ -121,19 +138,21 @@ impl Args {
                 "delivery" => Scenario::Delivery,
                 "memory" => Scenario::Memory,
                 "connect" => Scenario::Connect,
+                "crossnode" => Scenario::Crossnode,
                 other => return Err(format!("unknown scenario {other:?}")),
             },
         };
-        let (connections, channels) = match scenario {
-            Scenario::Delivery => (2000, 20),
-            Scenario::Memory => (19_000, 100),
-            Scenario::Connect => (5000, 20),
+        let (connections, channels, shards) = match scenario {
+            Scenario::Delivery => (2000, 20, 2),
+            Scenario::Memory => (19_000, 100, 2),
+            Scenario::Connect => (5000, 20, 2),
+            Scenario::Crossnode => (1000, 10, 1),
         };
         let mut a = Args {
             scenario,
             server_bin: PathBuf::from("target/release/corecast"),
             port: 6101,
-            shards: 2,
+            shards,
             connections,
             channels,
             rate: 500,
@@ -150,6 +169,8 @@ impl Args {
             app_key: "app-key".into(),
             app_secret: "app-secret".into(),
             log_dir: PathBuf::from("target/loadgen"),
+            redis_bin: PathBuf::from("redis-server"),
+            link_timeout: Duration::from_secs(30),
         };
         for (name, v) in pairs {
             match name.as_str() {
@@ -173,6 +194,8 @@ impl Args {
                 "app-key" => a.app_key = v,
                 "app-secret" => a.app_secret = v,
                 "log-dir" => a.log_dir = PathBuf::from(v),
+                "redis-bin" => a.redis_bin = PathBuf::from(v),
+                "link-timeout" => a.link_timeout = secs(&name, &v)?,
                 _ => return Err(format!("unknown option --{name}")),
             }
         }
@@ -187,6 +210,12 @@ impl Args {
         ];
         if let Some((n, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("--{n} must be at least 1"));
+        }
+        if a.scenario == Scenario::Crossnode && a.port == u16::MAX {
+            return Err("--port: crossnode needs port + 1 for node B".into());
+        }
+        if a.link_timeout.is_zero() {
+            return Err("--link-timeout must be positive".into());
         }
         if a.duration.is_zero() {
             return Err("--duration must be positive".into());

@@ -1,9 +1,11 @@
-//! The server under test as a child process, and what `/proc` says about it.
+//! The server under test as a child process, and what `/proc` says about it. The
+//! crossnode scenario runs two of them and a `redis-server`, all as [`Server`]s.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,10 +16,18 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the server may take to exit after SIGTERM before it gets SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A running `corecast start`.
+/// How long `redis-server` may take to answer `PING`.
+const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running `corecast start` (or the crossnode scenario's `redis-server`).
+///
+/// Dropping one that was not stopped kills it, so an early return or a panic never
+/// leaves a process behind; and every child gets SIGKILL if the load generator dies.
 pub struct Server {
     child: Child,
     pub pid: i32,
+    /// The port it listens on.
+    pub port: u16,
     /// Its stdout and stderr, for the report when something goes wrong.
     pub log: PathBuf,
 }
@@ -47,42 +57,74 @@ pub struct Exit {
 }
 
 impl Server {
-    /// Starts the server with the run's port, shard count and app credentials.
-    pub fn spawn(args: &Args, tag: &str) -> Result<Server, String> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], args.port));
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Err(format!(
-                "something already listens on {addr}; stop it or pass --port"
-            ));
-        }
-        std::fs::create_dir_all(&args.log_dir)
-            .map_err(|e| format!("creating {}: {e}", args.log_dir.display()))?;
-        let log = args.log_dir.join(format!("server-{tag}.log"));
-        let out = File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(&args.server_bin)
-            .arg("start")
-            .env("SOKETI_PORT", args.port.to_string())
+    /// Starts the server on `port` with the run's shard count and app credentials,
+    /// plus `env` (the redis adapter's settings for crossnode).
+    pub fn spawn(
+        args: &Args,
+        port: u16,
+        tag: &str,
+        env: &[(&str, String)],
+    ) -> Result<Server, String> {
+        let mut cmd = Command::new(&args.server_bin);
+        cmd.arg("start")
+            .env("SOKETI_PORT", port.to_string())
             .env("CORECAST_SHARDS", args.shards.to_string())
             .env("SOKETI_DEFAULT_APP_ID", &args.app_id)
             .env("SOKETI_DEFAULT_APP_KEY", &args.app_key)
-            .env("SOKETI_DEFAULT_APP_SECRET", &args.app_secret)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| {
-                format!(
-                    "starting {}: {e} (run `cargo build --release` first, or pass --server-bin)",
-                    args.server_bin.display()
-                )
-            })?;
-        let pid = child.id() as i32;
-        Ok(Server { child, pid, log })
+            .env("SOKETI_DEFAULT_APP_SECRET", &args.app_secret);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        start(cmd, port, &args.log_dir, &format!("server-{tag}.log")).map_err(|e| {
+            format!(
+                "starting {}: {e} (run `cargo build --release` first, or pass --server-bin)",
+                args.server_bin.display()
+            )
+        })
+    }
+
+    /// Starts `redis-server` on `port`, nothing persisted, logging to stdout.
+    pub fn spawn_redis(args: &Args, port: u16, tag: &str) -> Result<Server, String> {
+        let mut cmd = Command::new(&args.redis_bin);
+        cmd.args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--logfile", "", "--daemonize", "no"]);
+        start(cmd, port, &args.log_dir, &format!("redis-{tag}.log")).map_err(|e| {
+            format!(
+                "starting {}: {e} (install redis-server, or pass --redis-bin)",
+                args.redis_bin.display()
+            )
+        })
+    }
+
+    /// Sends `PING` until Redis answers `+PONG`, the process dies, or the timeout passes.
+    pub fn wait_redis(&mut self) -> Result<Duration, String> {
+        let t0 = Instant::now();
+        let mut last = String::from("no answer");
+        while t0.elapsed() < REDIS_READY_TIMEOUT {
+            if let Some(status) = self.exited() {
+                return Err(format!(
+                    "redis-server exited before ready ({status}); log {}:\n{}",
+                    self.log.display(),
+                    self.log_tail(20)
+                ));
+            }
+            match redis_ping(self.port) {
+                Ok(()) => return Ok(t0.elapsed()),
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!(
+            "redis-server not ready after {REDIS_READY_TIMEOUT:?} (last: {last}); log {}:\n{}",
+            self.log.display(),
+            self.log_tail(20)
+        ))
     }
 
     /// Polls `GET /ready` until it answers 200, the process dies, or the timeout passes.
-    pub fn wait_ready(&mut self, port: u16) -> Result<Duration, String> {
+    pub fn wait_ready(&mut self) -> Result<Duration, String> {
+        let port = self.port;
         let t0 = Instant::now();
         let mut last = String::from("no answer");
         while t0.elapsed() < READY_TIMEOUT {
@@ -153,6 +195,78 @@ impl Server {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Server {
+    /// Not stopped (an early return, a panic): SIGKILL and reap.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Spawns `cmd` with stdout and stderr in `log_dir/log_name`, after checking that
+/// nothing listens on `port` yet.
+fn start(mut cmd: Command, port: u16, log_dir: &Path, log_name: &str) -> Result<Server, String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        return Err(format!(
+            "something already listens on {addr}; stop it or pass --port"
+        ));
+    }
+    std::fs::create_dir_all(log_dir)
+        .map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
+    let log = log_dir.join(log_name);
+    let out = File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+    // which is async-signal-safe; it allocates nothing and touches no locks.
+    unsafe {
+        cmd.pre_exec(|| {
+            // The child dies with the thread that spawned it (our main thread), so
+            // an interrupted load generator leaves no server or redis-server behind.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| e.to_string())?;
+    let pid = child.id() as i32;
+    Ok(Server {
+        child,
+        pid,
+        port,
+        log,
+    })
+}
+
+/// One `PING` on a fresh connection; Ok when the answer is `+PONG`.
+fn redis_ping(port: u16) -> Result<(), String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(1)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"PING\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = [0u8; 64];
+    let mut got = 0;
+    while got < 7 {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    if buf[..got].starts_with(b"+PONG") {
+        Ok(())
+    } else {
+        Err(format!("answer {:?}", String::from_utf8_lossy(&buf[..got])))
     }
 }
 
