@@ -217,8 +217,7 @@ fn start(mut cmd: Command, port: u16, log_dir: &Path, log_name: &str) -> Result<
             "something already listens on {addr}; stop it or pass --port"
         ));
     }
-    std::fs::create_dir_all(log_dir)
-        .map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
+    std::fs::create_dir_all(log_dir).map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
     let log = log_dir.join(log_name);
     let out = File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;

@@ -16,7 +16,8 @@ pub use ids::{SocketId, SocketIdError};
 pub use inbound::{ClientMessage, InboundError, parse_client_message};
 pub use outbound::{
     Data, EventFrame, cache_miss_frame, connection_established, error_frame, event_frame,
-    ping_frame, pong_frame, subscription_error_frame, subscription_succeeded,
+    member_added_frame, member_removed_frame, ping_frame, pong_frame, subscription_error_frame,
+    subscription_succeeded,
 };
 
 /// The only protocol version corecast speaks (pusher-js 8 and Laravel Echo send 7).

@@ -54,6 +54,41 @@ pub fn event_frame(msg: &EventFrame<'_>) -> Bytes {
     finish(buf)
 }
 
+/// `pusher_internal:member_added` with `{"user_id", "user_info"}` (`user_info` is JSON text).
+#[must_use]
+pub fn member_added_frame(channel: &str, user_id: &str, user_info: &str) -> Bytes {
+    member_frame(
+        "pusher_internal:member_added",
+        channel,
+        user_id,
+        Some(user_info),
+    )
+}
+
+/// `pusher_internal:member_removed` with `{"user_id"}`.
+#[must_use]
+pub fn member_removed_frame(channel: &str, user_id: &str) -> Bytes {
+    member_frame("pusher_internal:member_removed", channel, user_id, None)
+}
+
+fn member_frame(event: &str, channel: &str, user_id: &str, user_info: Option<&str>) -> Bytes {
+    let mut data = Vec::with_capacity(32 + user_id.len() + user_info.map_or(0, str::len));
+    data.extend_from_slice(b"{\"user_id\":");
+    push_json_str(&mut data, user_id);
+    if let Some(info) = user_info {
+        data.extend_from_slice(b",\"user_info\":");
+        data.extend_from_slice(info.as_bytes());
+    }
+    data.push(b'}');
+    let data = String::from_utf8_lossy(&data);
+    event_frame(&EventFrame {
+        event,
+        channel: Some(channel),
+        data: Data::Str(&data),
+        user_id: None,
+    })
+}
+
 /// `pusher:cache_miss` for a cache channel with no stored event.
 #[must_use]
 pub fn cache_miss_frame(channel: &str) -> Bytes {

@@ -30,7 +30,7 @@ use crate::fanout::{
     ChannelPart, Envelope, Inbox, Outbox, Query, QueryReply, RosterEntry, SocketRef,
 };
 use crate::protocol::{
-    Data, EventFrame, event_frame, subscription_error_frame, subscription_succeeded,
+    member_added_frame, member_removed_frame, subscription_error_frame, subscription_succeeded,
 };
 use crate::webhooks::{Event, Webhooks};
 
@@ -602,13 +602,7 @@ async fn join(
             };
             bridge.webhooks.send(a, event);
         }
-        let member = member_data(user_id, Some(user_info));
-        let frame = event_frame(&EventFrame {
-            event: "pusher_internal:member_added",
-            channel: Some(channel),
-            data: Data::Str(&member),
-            user_id: None,
-        });
+        let frame = member_added_frame(channel, user_id, user_info);
         bridge.announce(app, channel, frame, Some(socket.socket_id), cmds);
     }
     Ok(())
@@ -654,13 +648,7 @@ async fn leave(
             };
             bridge.webhooks.send(a, event);
         }
-        let data = member_data(user_id, None);
-        let frame = event_frame(&EventFrame {
-            event: "pusher_internal:member_removed",
-            channel: Some(channel),
-            data: Data::Str(&data),
-            user_id: None,
-        });
+        let frame = member_removed_frame(channel, user_id);
         bridge.announce(app, channel, frame, None, cmds);
     }
     Ok(())
@@ -726,19 +714,6 @@ async fn eval(
     parts.extend(keys.iter().map(|k| k.as_bytes()));
     parts.extend(args.iter().map(|a| a.as_bytes()));
     conn.call(&parts).await
-}
-
-/// `{"user_id":..,"user_info":..}` (info omitted for `member_removed`).
-fn member_data(user_id: &str, info: Option<&str>) -> String {
-    let mut out = Vec::with_capacity(32);
-    out.extend_from_slice(b"{\"user_id\":");
-    let _ = serde_json::to_writer(&mut out, user_id);
-    if let Some(info) = info {
-        out.extend_from_slice(b",\"user_info\":");
-        out.extend_from_slice(info.as_bytes());
-    }
-    out.push(b'}');
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The presence data of `subscription_succeeded` from the cluster roster.
@@ -1035,13 +1010,7 @@ async fn apply_resync(
             && items.first() == Some(&Reply::Int(1))
             && !known
         {
-            let member = member_data(user, Some(info));
-            let frame = event_frame(&EventFrame {
-                event: "pusher_internal:member_added",
-                channel: Some(channel),
-                data: Data::Str(&member),
-                user_id: None,
-            });
+            let frame = member_added_frame(channel, user, info);
             bridge.announce(*app, channel, frame, None, &mut cmds);
         }
     }

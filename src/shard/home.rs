@@ -11,7 +11,7 @@ use crate::app::AppIdx;
 use crate::config::WebhookEvent;
 use crate::fanout::{Envelope, SocketRef};
 use crate::protocol::{
-    Data, EventFrame, event_frame, subscription_error_frame, subscription_succeeded,
+    member_added_frame, member_removed_frame, subscription_error_frame, subscription_succeeded,
 };
 use crate::registry::presence::Joined;
 use crate::webhooks::Event;
@@ -167,19 +167,7 @@ impl Shard {
                         };
                         self.webhooks.send(a, event);
                     }
-                    let mut member = Vec::with_capacity(32 + user_info.len());
-                    member.extend_from_slice(b"{\"user_id\":");
-                    let _ = serde_json::to_writer(&mut member, user_id);
-                    member.extend_from_slice(b",\"user_info\":");
-                    member.extend_from_slice(user_info.as_bytes());
-                    member.push(b'}');
-                    let member = String::from_utf8_lossy(&member);
-                    let frame = event_frame(&EventFrame {
-                        event: "pusher_internal:member_added",
-                        channel: Some(channel),
-                        data: Data::Str(&member),
-                        user_id: None,
-                    });
+                    let frame = member_added_frame(channel, user_id, user_info);
                     self.pending_announcements.borrow_mut().push((
                         app,
                         Arc::from(channel),
@@ -221,17 +209,7 @@ impl Shard {
                 };
                 self.webhooks.send(a, event);
             }
-            let mut data = Vec::with_capacity(24 + user_id.len());
-            data.extend_from_slice(b"{\"user_id\":");
-            let _ = serde_json::to_writer(&mut data, user_id);
-            data.push(b'}');
-            let data = String::from_utf8_lossy(&data);
-            let frame = event_frame(&EventFrame {
-                event: "pusher_internal:member_removed",
-                channel: Some(channel),
-                data: Data::Str(&data),
-                user_id: None,
-            });
+            let frame = member_removed_frame(channel, user_id);
             self.publish(app, channel, &frame, None, false);
         }
     }
