@@ -14,7 +14,12 @@
 //! - `clients`: client threads (one monoio runtime each) that open connections in
 //!   waves and read deliveries: latency, loss, reordering.
 //! - `publish`: signed REST publishes over keep-alive connections, paced or flat out.
-//! - `scenario`: `delivery`, `memory`, `connect`.
+//! - `scenario`: `delivery`, `memory`, `connect`, `crossnode`.
+//!
+//! `crossnode` starts a `redis-server` and two servers with the redis adapter (node A
+//! on `--port`, node B on `--port + 1`, or three free ports with `--port 0`),
+//! subscribes on B, waits for a probe to cross, publishes through A, and reads the
+//! CPU of all three. Every process is stopped at the end of each run.
 
 #[path = "loadgen/args.rs"]
 mod args;
@@ -36,8 +41,8 @@ use std::process::ExitCode;
 use serde_json::{Map, Value, json};
 
 use args::{Args, Scenario, USAGE};
-use scenario::RunResult;
-use server::Server;
+use scenario::{Cross, RunResult};
+use server::{Exit, Server};
 
 /// Descriptors beyond one per connection: publishers, io_uring, std streams, logs.
 const FD_HEADROOM: u64 = 64;
@@ -94,19 +99,22 @@ fn main() -> ExitCode {
 
 /// One fresh server, one scenario, server stopped whatever happened.
 fn run_once(args: &Args, k: usize) -> Result<RunResult, String> {
-    let mut args = args.clone();
-    if args.port == 0 {
-        args.port = free_port()?;
-    }
-    let args = &args;
     let tag = format!(
         "{}-shards{}-run{}",
         args.scenario.name(),
         args.shards,
         k + 1
     );
-    let mut server = Server::spawn(args, &tag)?;
-    let outcome = server.wait_ready(args.port).and_then(|ready| {
+    if args.scenario == Scenario::Crossnode {
+        return run_crossnode(args, &tag);
+    }
+    let mut args = args.clone();
+    if args.port == 0 {
+        args.port = free_ports::<1>()?[0];
+    }
+    let args = &args;
+    let mut server = Server::spawn(args, args.port, &tag, &[])?;
+    let outcome = server.wait_ready().and_then(|ready| {
         eprintln!(
             "  server pid {} ready in {} ms",
             server.pid,
@@ -118,36 +126,124 @@ fn run_once(args: &Args, k: usize) -> Result<RunResult, String> {
     let tail = server.log_tail(10);
     let exit = server.stop();
     let mut result = outcome?;
-    if let Some(status) = exit.died_early {
-        return Err(format!(
-            "server died during the run ({status}); log {}:\n{tail}",
-            log.display()
-        ));
-    }
-    if exit.killed {
-        result.notes.push(format!(
-            "server ignored SIGTERM for 5 s and was killed; log {}",
-            log.display()
-        ));
-    } else if let Some(status) = exit
-        .status
-        .filter(|s| !s.success() && s.signal() != Some(libc::SIGTERM))
-    {
-        result.notes.push(format!(
-            "server exit after SIGTERM: {status}; log {}",
-            log.display()
-        ));
-    }
+    check_exit("server", &exit, &log, &tail, &mut result.notes)?;
     if !result.notes.is_empty() {
         result.notes.push(format!("server log: {}", log.display()));
     }
     Ok(result)
 }
 
-/// A port nobody listens on right now (for `--port 0`, when others share the machine).
-fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+/// Redis, node A, node B; the scenario; then B, A and Redis stopped whatever happened
+/// (and killed by `Drop` if we never get that far).
+fn run_crossnode(args: &Args, tag: &str) -> Result<RunResult, String> {
+    let [free_a, free_b, redis_port] = free_ports::<3>()?;
+    let (port_a, port_b) = if args.port == 0 {
+        (free_a, free_b)
+    } else {
+        (args.port, args.port + 1)
+    };
+    let mut redis = Server::spawn_redis(args, redis_port, tag)?;
+    let ready = redis.wait_redis()?;
+    eprintln!(
+        "  redis-server pid {} on :{redis_port} ready in {} ms",
+        redis.pid,
+        ready.as_millis()
+    );
+    let env = [
+        ("SOKETI_ADAPTER_DRIVER", "redis".to_string()),
+        ("SOKETI_DB_REDIS_HOST", "127.0.0.1".to_string()),
+        ("SOKETI_DB_REDIS_PORT", redis_port.to_string()),
+    ];
+    let mut node_a = Server::spawn(args, port_a, &format!("{tag}-nodeA"), &env)?;
+    let mut node_b = Server::spawn(args, port_b, &format!("{tag}-nodeB"), &env)?;
+    let outcome = (|| {
+        for (name, node) in [("A", &mut node_a), ("B", &mut node_b)] {
+            let ready = node.wait_ready()?;
+            eprintln!(
+                "  node {name} pid {} on :{} ready in {} ms",
+                node.pid,
+                node.port,
+                ready.as_millis()
+            );
+        }
+        let cross = Cross {
+            node_a: &mut node_a,
+            redis: &mut redis,
+        };
+        scenario::crossnode(args, &mut node_b, cross)
+    })();
+    let mut notes = Vec::new();
+    let mut died = Vec::new();
+    for (name, p) in [
+        ("node B", node_b),
+        ("node A", node_a),
+        ("redis-server", redis),
+    ] {
+        let (log, tail) = (p.log.clone(), p.log_tail(10));
+        let exit = p.stop();
+        if let Err(e) = check_exit(name, &exit, &log, &tail, &mut notes) {
+            died.push(e);
+        }
+        notes.push(format!("{name} log: {}", log.display()));
+    }
+    let mut result = outcome?;
+    if !died.is_empty() {
+        return Err(died.join("\n"));
+    }
+    // The log paths are worth printing only next to a problem.
+    if result.notes.is_empty()
+        && notes
+            .iter()
+            .all(|n| n.ends_with(".log") && n.contains(" log: "))
+    {
+        notes.clear();
+    }
+    result.notes.extend(notes);
+    Ok(result)
+}
+
+/// Turns how a process ended into an error (it died during the run) or a note.
+fn check_exit(
+    name: &str,
+    exit: &Exit,
+    log: &std::path::Path,
+    tail: &str,
+    notes: &mut Vec<String>,
+) -> Result<(), String> {
+    if let Some(status) = exit.died_early {
+        return Err(format!(
+            "{name} died during the run ({status}); log {}:\n{tail}",
+            log.display()
+        ));
+    }
+    if exit.killed {
+        notes.push(format!(
+            "{name} ignored SIGTERM for 5 s and was killed; log {}",
+            log.display()
+        ));
+    } else if let Some(status) = exit
+        .status
+        .filter(|s| !s.success() && s.signal() != Some(libc::SIGTERM))
+    {
+        notes.push(format!(
+            "{name} exit after SIGTERM: {status}; log {}",
+            log.display()
+        ));
+    }
+    Ok(())
+}
+
+/// `N` distinct ports nobody listens on right now (for `--port 0`, when others
+/// share the machine): the listeners are held together so no two are the same.
+fn free_ports<const N: usize>() -> Result<[u16; N], String> {
+    let mut held = Vec::with_capacity(N);
+    let mut ports = [0u16; N];
+    for p in &mut ports {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+        *p = l.local_addr().map_err(|e| e.to_string())?.port();
+        held.push(l);
+    }
+    Ok(ports)
 }
 
 fn print_run(r: &RunResult) {
@@ -170,6 +266,10 @@ const HEADLINE: &[&str] = &[
     "latency_p99_us",
     "lost",
     "server_cpu_us_per_delivery",
+    "node_b_cpu_us_per_delivery",
+    "node_a_cpu_s",
+    "node_b_cpu_s",
+    "redis_cpu_s",
     "server_rss_per_connection_bytes",
     "server_cpu_us_per_connection",
     "connections_per_s",
@@ -190,7 +290,7 @@ fn report(args: &Args, results: &[RunResult], failures: &[String]) {
     }
     println!();
     let what = match args.scenario {
-        Scenario::Delivery => format!(
+        Scenario::Delivery | Scenario::Crossnode => format!(
             "channels {} | rate {} | payload {} B",
             args.channels, args.rate, args.payload_bytes
         ),

@@ -4,22 +4,23 @@
 //! Channel `c` always goes through connection `c % publishers`, so the events of a
 //! channel reach the server in sequence order and any reordering is the server's.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use hmac::{Hmac, KeyInit, Mac};
 use md5::{Digest, Md5};
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelHandle, Canceller};
 use monoio::net::TcpStream;
 
-use crate::clients::Shared;
-use crate::ws::find;
+use crate::clients::{OPEN_TIMEOUT, Shared};
+use crate::ws::{self, Conn, OP_CLOSE, OP_TEXT, find};
 
 /// One request and its response.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -161,6 +162,24 @@ pub fn event_body(plan: &PubPlan, channel: usize, seq: u64, t_ns: u64) -> Vec<u8
     .into_bytes()
 }
 
+/// `POST /apps/{id}/events` with `body`, signed now.
+fn post_request(plan: &PubPlan, body: &[u8]) -> Vec<u8> {
+    let unix_s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let query = signed_query(plan, body, unix_s);
+    let mut req = format!(
+        "POST /apps/{}/events?{query} HTTP/1.1\r\nHost: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        plan.app_id,
+        plan.addr,
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    req
+}
+
 async fn publisher(p: usize, plan: Arc<PubPlan>, shared: Arc<Shared>) -> PubReport {
     let mut report = PubReport::new(plan.channels);
     let mine: Vec<usize> = (0..plan.channels)
@@ -207,20 +226,7 @@ async fn publisher(p: usize, plan: Arc<PubPlan>, shared: Arc<Shared>) -> PubRepo
                 },
             };
             let t_ns = shared.now_ns();
-            let body = event_body(&plan, c, seq, t_ns);
-            let unix_s = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let query = signed_query(&plan, &body, unix_s);
-            let mut req = format!(
-                "POST /apps/{}/events?{query} HTTP/1.1\r\nHost: {}\r\n\
-                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                plan.app_id,
-                plan.addr,
-                body.len()
-            )
-            .into_bytes();
-            req.extend_from_slice(&body);
+            let req = post_request(&plan, &event_body(&plan, c, seq, t_ns));
             requests += 1;
             progress.set(Progress::Writing);
             let exchange =
@@ -350,5 +356,196 @@ async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
         Ok(0) => Err("server closed the REST connection".into()),
         Ok(_) => Ok(()),
         Err(e) => Err(format!("read: {e}")),
+    }
+}
+
+/// Pause between probe publishes.
+const PROBE_EVERY: Duration = Duration::from_millis(200);
+/// Distinct failures of the probe kept for the report.
+const PROBE_ERRORS: usize = 5;
+
+/// How the link probe went.
+pub struct Probe {
+    /// From the probe subscriber's `subscription_succeeded` to the first probe event.
+    pub waited: Duration,
+    /// Probe publishes attempted (answered or not).
+    pub published: u64,
+    /// Failed probe publishes, e.g. `HTTP 500: ...` (the first few distinct ones).
+    pub errors: Vec<String>,
+}
+
+/// Subscribes one connection to `channel` on `sub_addr`, then publishes a `probe`
+/// event to `channel` through `plan.addr` every `PROBE_EVERY` until the subscriber
+/// receives one, or `timeout` passes. Blocks the calling thread on its own runtime.
+pub fn probe(
+    plan: &PubPlan,
+    sub_addr: SocketAddr,
+    ws_path: &str,
+    channel: &str,
+    timeout: Duration,
+) -> Result<Probe, String> {
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()
+        .map_err(|e| format!("probe runtime: {e}"))?;
+    // The outer bound covers the subscribe and the last request too.
+    let bound = timeout + OPEN_TIMEOUT + REQUEST_TIMEOUT;
+    rt.block_on(async {
+        match monoio::time::timeout(
+            bound,
+            probe_async(plan, sub_addr, ws_path, channel, timeout),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(format!("link probe still running after {bound:?}")),
+        }
+    })
+}
+
+async fn probe_async(
+    plan: &PubPlan,
+    sub_addr: SocketAddr,
+    ws_path: &str,
+    channel: &str,
+    timeout: Duration,
+) -> Result<Probe, String> {
+    let conn = match monoio::time::timeout(OPEN_TIMEOUT, ws::open(sub_addr, ws_path, channel)).await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            return Err(format!(
+                "probe subscriber on {sub_addr}: {}: {}",
+                e.stage, e.detail
+            ));
+        }
+        Err(_) => {
+            return Err(format!(
+                "probe subscriber on {sub_addr}: not subscribed within {OPEN_TIMEOUT:?}"
+            ));
+        }
+    };
+    let t0 = Instant::now();
+    let seen: Rc<RefCell<Option<Result<(), String>>>> = Rc::new(RefCell::new(None));
+    let canceller = Canceller::new();
+    let watcher = monoio::spawn(watch_probe(conn, seen.clone(), canceller.handle()));
+    let mut out = Probe {
+        waited: Duration::ZERO,
+        published: 0,
+        errors: Vec::new(),
+    };
+    let body = format!(r#"{{"name":"probe","channel":"{channel}","data":"probe"}}"#).into_bytes();
+    let mut stream: Option<TcpStream> = None;
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    let progress = Cell::new(Progress::Writing);
+    let result = loop {
+        if let Some(outcome) = seen.borrow_mut().take() {
+            out.waited = t0.elapsed();
+            break outcome.map(|()| out);
+        }
+        if t0.elapsed() >= timeout {
+            break Err(format!(
+                "no probe event crossed from {} to the subscriber on {sub_addr} within \
+                 {timeout:?}: {} published; failures: {}",
+                plan.addr,
+                out.published,
+                if out.errors.is_empty() {
+                    "none (every publish answered 200)".to_string()
+                } else {
+                    out.errors.join("; ")
+                }
+            ));
+        }
+        out.published += 1;
+        if let Some(e) = probe_once(plan, &mut stream, &body, &mut buf, &progress).await
+            && out.errors.len() < PROBE_ERRORS
+            && !out.errors.contains(&e)
+        {
+            out.errors.push(e);
+        }
+        // Wait for the delivery in small steps, so the link time is measured finely.
+        let next = Instant::now() + PROBE_EVERY;
+        while Instant::now() < next && seen.borrow().is_none() {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    drop(canceller.cancel());
+    let _ = monoio::time::timeout(Duration::from_secs(2), watcher).await;
+    result
+}
+
+/// One probe publish on the kept connection (or a new one); the failure, if any.
+async fn probe_once(
+    plan: &PubPlan,
+    stream: &mut Option<TcpStream>,
+    body: &[u8],
+    buf: &mut Vec<u8>,
+    progress: &Cell<Progress>,
+) -> Option<String> {
+    let s = match stream.take() {
+        Some(s) => s,
+        None => match monoio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(plan.addr)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                s
+            }
+            Ok(Err(e)) => return Some(format!("connect: {e}")),
+            Err(_) => return Some(format!("connect: no answer within {REQUEST_TIMEOUT:?}")),
+        },
+    };
+    let req = post_request(plan, body);
+    match monoio::time::timeout(REQUEST_TIMEOUT, request(s, req, buf, progress)).await {
+        Ok(Ok((s, status, resp, keep))) => {
+            if keep {
+                *stream = Some(s);
+            }
+            (status != 200).then(|| {
+                let resp = String::from_utf8_lossy(&resp[..resp.len().min(160)]);
+                format!("HTTP {status}: {resp}")
+            })
+        }
+        Ok(Err(e)) => Some(e),
+        Err(_) => Some(format!("no response within {REQUEST_TIMEOUT:?}")),
+    }
+}
+
+/// Reads the probe subscriber until an event named `probe` arrives (Ok), the server
+/// closes it (Err), or it is cancelled.
+async fn watch_probe(
+    mut conn: Conn,
+    seen: Rc<RefCell<Option<Result<(), String>>>>,
+    cancel: CancelHandle,
+) {
+    let outcome = loop {
+        let mut found = None;
+        while let Some(f) = conn.frames.next_frame() {
+            let msg = conn.frames.bytes(&f.payload);
+            match f.opcode {
+                OP_TEXT if ws::event_name(msg) == Some(b"probe") => found = Some(Ok(())),
+                OP_CLOSE => {
+                    found = Some(Err(format!(
+                        "the probe subscriber was closed with {}",
+                        ws::close_code(msg)
+                    )));
+                }
+                _ => {}
+            }
+            if found.is_some() {
+                break;
+            }
+        }
+        if let Some(o) = found {
+            break o;
+        }
+        match conn.frames.fill(&mut conn.stream, Some(&cancel)).await {
+            Ok(0) => break Err("the probe subscriber's server closed TCP (EOF)".into()),
+            Ok(_) => {}
+            // Cancelled, or a real error: either way the probe is over.
+            Err(e) => break Err(format!("probe subscriber read: {e}")),
+        }
+    };
+    let mut slot = seen.borrow_mut();
+    if slot.is_none() {
+        *slot = Some(outcome);
     }
 }

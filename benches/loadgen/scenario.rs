@@ -1,4 +1,5 @@
-//! The three scenarios. Each runs against a ready server and returns its figures.
+//! The scenarios. Each runs against ready processes and returns its figures;
+//! `crossnode` is `delivery` with subscribers on one node and publishes on another.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,18 +32,44 @@ impl RunResult {
     }
 }
 
+/// The single-server scenarios.
 pub fn run(args: &Args, server: &mut Server) -> Result<RunResult, String> {
     match args.scenario {
-        Scenario::Delivery => delivery(args, server),
+        Scenario::Delivery => delivery(args, server, None),
         Scenario::Memory => memory(args, server),
         Scenario::Connect => connect(args, server),
+        Scenario::Crossnode => Err("crossnode runs through scenario::crossnode".into()),
     }
 }
 
-fn plan(args: &Args, read: bool) -> Plan {
+/// The second node and the Redis between them, in the crossnode scenario.
+pub struct Cross<'a> {
+    /// Node A: the REST publishes go here.
+    pub node_a: &'a mut Server,
+    pub redis: &'a mut Server,
+}
+
+/// Subscribers on `node_b`, publishes through `node_a`'s REST API: every delivery
+/// crossed Redis.
+pub fn crossnode(args: &Args, node_b: &mut Server, cross: Cross) -> Result<RunResult, String> {
+    delivery(args, node_b, Some(cross))
+}
+
+/// The channel of the link probe; no bench subscriber uses it.
+const PROBE_CHANNEL: &str = "xnode-probe";
+
+fn ws_path(args: &Args) -> String {
+    format!("/app/{}?protocol=7&client=loadgen&version=1", args.app_key)
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn plan(args: &Args, port: u16, read: bool) -> Plan {
     Plan {
-        addr: SocketAddr::from(([127, 0, 0, 1], args.port)),
-        path: format!("/app/{}?protocol=7&client=loadgen&version=1", args.app_key),
+        addr: local(port),
+        path: ws_path(args),
         prefix: args.scenario.channel_prefix(),
         channels: args.channels,
         connections: args.connections,
@@ -63,12 +90,18 @@ struct Clients {
     elapsed: Duration,
 }
 
-/// Opens and subscribes every connection; returns when all threads are done with it.
-fn connect_all(args: &Args, shared: &Arc<Shared>, read: bool) -> Result<Clients, String> {
+/// Opens and subscribes every connection to the server on `port`; returns when all
+/// threads are done with it.
+fn connect_all(
+    args: &Args,
+    port: u16,
+    shared: &Arc<Shared>,
+    read: bool,
+) -> Result<Clients, String> {
     let waves = args.connections.div_ceil(args.batch) as u32;
     let deadline = Instant::now() + OPEN_TIMEOUT * (waves + 1) + Duration::from_secs(10);
     let t0 = Instant::now();
-    let rx = clients::spawn(Arc::new(plan(args, read)), shared.clone());
+    let rx = clients::spawn(Arc::new(plan(args, port, read)), shared.clone());
     let (mut opened, mut failed, mut reported) = (0, 0, 0);
     let mut last_print = Instant::now();
     while reported < args.client_threads {
@@ -177,13 +210,24 @@ impl Clients {
 /// The server, this process and the whole machine at one instant.
 struct Snap {
     server: Sample,
+    /// Crossnode: node A, then redis-server.
+    others: Vec<Sample>,
     self_cpu_s: f64,
     machine_busy_s: f64,
 }
 
 fn snap(server: &Server) -> Result<Snap, String> {
+    snap_all(server, None)
+}
+
+fn snap_all(server: &Server, cross: Option<&Cross>) -> Result<Snap, String> {
+    let others = match cross {
+        Some(c) => vec![c.node_a.sample()?, c.redis.sample()?],
+        None => Vec::new(),
+    };
     Ok(Snap {
         server: server.sample()?,
+        others,
         self_cpu_s: self_cpu_s(),
         machine_busy_s: machine_busy_s(),
     })
@@ -193,7 +237,13 @@ fn snap(server: &Server) -> Result<Snap, String> {
 /// one core: other benchmarks or builds make the figures noisy.
 fn other_cpu_pct(a: &Snap, b: &Snap) -> f64 {
     let wall = b.machine_busy_s - a.machine_busy_s;
-    let ours = (b.server.cpu_s - a.server.cpu_s) + (b.self_cpu_s - a.self_cpu_s);
+    let others: f64 = a
+        .others
+        .iter()
+        .zip(&b.others)
+        .map(|(x, y)| y.cpu_s - x.cpu_s)
+        .sum();
+    let ours = (b.server.cpu_s - a.server.cpu_s) + others + (b.self_cpu_s - a.self_cpu_s);
     (wall - ours).max(0.0)
 }
 
@@ -202,25 +252,105 @@ fn sleep_until(t: Instant) {
 }
 
 fn server_gone(server: &mut Server) -> Result<(), String> {
-    match server.exited() {
+    process_gone(server, "server")
+}
+
+fn process_gone(p: &mut Server, what: &str) -> Result<(), String> {
+    match p.exited() {
         None => Ok(()),
         Some(status) => Err(format!(
-            "server exited during the run ({status}); log {}:\n{}",
-            server.log.display(),
-            server.log_tail(30)
+            "{what} exited during the run ({status}); log {}:\n{}",
+            p.log.display(),
+            p.log_tail(30)
         )),
     }
 }
 
-fn delivery(args: &Args, server: &mut Server) -> Result<RunResult, String> {
+/// Every process of the run is still there (crossnode: node B, node A, redis).
+fn all_alive(server: &mut Server, cross: &mut Option<Cross>) -> Result<(), String> {
+    match cross {
+        None => server_gone(server),
+        Some(c) => {
+            process_gone(server, "node B")?;
+            process_gone(c.node_a, "node A")?;
+            process_gone(c.redis, "redis-server")
+        }
+    }
+}
+
+/// Publishes on node A until a subscriber on node B sees one, or `--link-timeout`.
+fn wait_link(
+    args: &Args,
+    node_b: &Server,
+    cross: &Cross,
+    pub_plan: &PubPlan,
+    r: &mut RunResult,
+) -> Result<(), String> {
+    eprintln!(
+        "  waiting for a probe on {PROBE_CHANNEL} to cross node A (:{}) -> redis (:{}) -> node B (:{})",
+        cross.node_a.port, cross.redis.port, node_b.port
+    );
+    let probe = publish::probe(
+        pub_plan,
+        local(node_b.port),
+        &ws_path(args),
+        PROBE_CHANNEL,
+        args.link_timeout,
+    )
+    .map_err(|e| {
+        format!(
+            "{e}\n  node A log {}:\n{}\n  node B log {}:\n{}",
+            cross.node_a.log.display(),
+            cross.node_a.log_tail(10),
+            node_b.log.display(),
+            node_b.log_tail(10)
+        )
+    })?;
+    eprintln!(
+        "  linked: probe crossed after {:.0} ms, {} publish(es)",
+        probe.waited.as_secs_f64() * 1000.0,
+        probe.published
+    );
+    for e in &probe.errors {
+        r.notes.push(format!("link probe: {e}"));
+    }
+    r.put("link_wait_ms", probe.waited.as_secs_f64() * 1000.0);
+    r.put("link_probes", probe.published as f64);
+    Ok(())
+}
+
+/// Publishes through REST (on node A for crossnode) to subscribers on `server`.
+fn delivery(
+    args: &Args,
+    server: &mut Server,
+    mut cross: Option<Cross>,
+) -> Result<RunResult, String> {
     let mut r = RunResult::default();
     let idle = server.sample()?;
     let shared = Arc::new(Shared::new());
-    let clients = connect_all(args, &shared, true)?;
-    server_gone(server)?;
+    let clients = connect_all(args, server.port, &shared, true)?;
+    all_alive(server, &mut cross)?;
     let subscribed = server.sample()?;
     if clients.opened == 0 {
         return Err("no connection subscribed".into());
+    }
+
+    let mut pub_plan = PubPlan {
+        addr: local(cross.as_ref().map_or(server.port, |c| c.node_a.port)),
+        app_id: args.app_id.clone(),
+        app_key: args.app_key.clone(),
+        app_secret: args.app_secret.clone(),
+        prefix: args.scenario.channel_prefix(),
+        channels: args.channels,
+        rate: args.rate,
+        payload_bytes: args.payload_bytes,
+        publishers: args.publishers,
+        start_ns: 0,
+        end_ns: 0,
+    };
+    if let Some(c) = &cross {
+        wait_link(args, server, c, &pub_plan, &mut r)?;
+        all_alive(server, &mut cross)?;
     }
 
     let ns = |d: Duration| d.as_nanos() as u64;
@@ -229,22 +359,9 @@ fn delivery(args: &Args, server: &mut Server) -> Result<RunResult, String> {
     let win_end_ns = win_start_ns + ns(args.duration);
     shared.win_start_ns.store(win_start_ns, Ordering::Relaxed);
     shared.win_end_ns.store(win_end_ns, Ordering::Relaxed);
-    let pub_rx = publish::spawn(
-        PubPlan {
-            addr: SocketAddr::from(([127, 0, 0, 1], args.port)),
-            app_id: args.app_id.clone(),
-            app_key: args.app_key.clone(),
-            app_secret: args.app_secret.clone(),
-            prefix: args.scenario.channel_prefix(),
-            channels: args.channels,
-            rate: args.rate,
-            payload_bytes: args.payload_bytes,
-            publishers: args.publishers,
-            start_ns,
-            end_ns: win_end_ns,
-        },
-        shared.clone(),
-    );
+    pub_plan.start_ns = start_ns;
+    pub_plan.end_ns = win_end_ns;
+    let pub_rx = publish::spawn(pub_plan, shared.clone());
     eprintln!(
         "  publishing {} for {:.1} s warmup + {:.1} s measured",
         if args.rate == 0 {
@@ -256,14 +373,14 @@ fn delivery(args: &Args, server: &mut Server) -> Result<RunResult, String> {
         args.duration.as_secs_f64()
     );
     sleep_until(shared.base + Duration::from_nanos(win_start_ns));
-    let snap_a = snap(server)?;
+    let snap_a = snap_all(server, cross.as_ref())?;
     let (a, self_a) = (snap_a.server, snap_a.self_cpu_s);
     sleep_until(shared.base + Duration::from_nanos(win_end_ns));
-    let snap_b = snap(server)?;
+    let snap_b = snap_all(server, cross.as_ref())?;
     let (b, self_b) = (snap_b.server, snap_b.self_cpu_s);
     let publishing = pub_rx.recv_timeout(Duration::from_secs(20));
     std::thread::sleep(args.drain);
-    let crashed = server_gone(server);
+    let crashed = all_alive(server, &mut cross);
     let reports = clients.finish(&mut r.notes);
     crashed?;
     let publishing = publishing.map_err(|_| "the publisher did not finish".to_string())?;
@@ -351,7 +468,6 @@ fn delivery(args: &Args, server: &mut Server) -> Result<RunResult, String> {
         ));
     }
     let secs = args.duration.as_secs_f64();
-    let server_cpu = b.cpu_s - a.cpu_s;
     let published: u64 = publishing.ok.iter().sum();
     r.put("connections", clients.opened as f64);
     r.put("connections_failed", clients.failed as f64);
@@ -388,15 +504,49 @@ fn delivery(args: &Args, server: &mut Server) -> Result<RunResult, String> {
     );
     r.put("server_pings", pings as f64);
     r.put("other_messages", other as f64);
-    r.put("server_cpu_s", server_cpu);
-    r.put("server_cpu_user_s", b.user_s - a.user_s);
-    r.put("server_cpu_sys_s", b.sys_s - a.sys_s);
-    r.put("server_cpu_pct", server_cpu / secs * 100.0);
-    r.put("server_cpu_us_per_delivery", per(server_cpu * 1e6, window));
-    r.put("server_cpu_clock_s", b.cpu_clock_s - a.cpu_clock_s);
-    r.put("server_rss_idle_bytes", idle.rss_bytes as f64);
-    r.put("server_rss_subscribed_bytes", subscribed.rss_bytes as f64);
-    r.put("server_rss_bytes", b.rss_bytes as f64);
+    let server_cpu = b.cpu_s - a.cpu_s;
+    if cross.is_none() {
+        r.put("server_cpu_s", server_cpu);
+        r.put("server_cpu_user_s", b.user_s - a.user_s);
+        r.put("server_cpu_sys_s", b.sys_s - a.sys_s);
+        r.put("server_cpu_pct", server_cpu / secs * 100.0);
+        r.put("server_cpu_us_per_delivery", per(server_cpu * 1e6, window));
+        r.put("server_cpu_clock_s", b.cpu_clock_s - a.cpu_clock_s);
+        r.put("server_rss_idle_bytes", idle.rss_bytes as f64);
+        r.put("server_rss_subscribed_bytes", subscribed.rss_bytes as f64);
+        r.put("server_rss_bytes", b.rss_bytes as f64);
+    } else {
+        let [na0, rd0] = [snap_a.others[0], snap_a.others[1]];
+        let [na1, rd1] = [snap_b.others[0], snap_b.others[1]];
+        let (node_a_cpu, redis_cpu) = (na1.cpu_s - na0.cpu_s, rd1.cpu_s - rd0.cpu_s);
+        // Events answered 200 inside the measured window, estimated from the rate.
+        let window_events = published as f64 * secs / (args.warmup.as_secs_f64() + secs);
+        r.put("node_b_cpu_s", server_cpu);
+        r.put("node_b_cpu_user_s", b.user_s - a.user_s);
+        r.put("node_b_cpu_sys_s", b.sys_s - a.sys_s);
+        r.put("node_b_cpu_pct", server_cpu / secs * 100.0);
+        r.put("node_b_cpu_us_per_delivery", per(server_cpu * 1e6, window));
+        r.put("node_b_cpu_clock_s", b.cpu_clock_s - a.cpu_clock_s);
+        r.put("node_a_cpu_s", node_a_cpu);
+        r.put("node_a_cpu_user_s", na1.user_s - na0.user_s);
+        r.put("node_a_cpu_sys_s", na1.sys_s - na0.sys_s);
+        r.put("node_a_cpu_pct", node_a_cpu / secs * 100.0);
+        r.put(
+            "node_a_cpu_us_per_event",
+            per(node_a_cpu * 1e6, window_events.round() as u64),
+        );
+        r.put("redis_cpu_s", redis_cpu);
+        r.put("redis_cpu_pct", redis_cpu / secs * 100.0);
+        r.put(
+            "cluster_cpu_us_per_delivery",
+            per((server_cpu + node_a_cpu + redis_cpu) * 1e6, window),
+        );
+        r.put("node_b_rss_idle_bytes", idle.rss_bytes as f64);
+        r.put("node_b_rss_subscribed_bytes", subscribed.rss_bytes as f64);
+        r.put("node_b_rss_bytes", b.rss_bytes as f64);
+        r.put("node_a_rss_bytes", na1.rss_bytes as f64);
+        r.put("redis_rss_bytes", rd1.rss_bytes as f64);
+    }
     r.put("loadgen_cpu_s", self_b - self_a);
     r.put("loadgen_cpu_pct", (self_b - self_a) / secs * 100.0);
     r.put(
@@ -411,7 +561,7 @@ fn memory(args: &Args, server: &mut Server) -> Result<RunResult, String> {
     let snap_a = snap(server)?;
     let before = snap_a.server;
     let shared = Arc::new(Shared::new());
-    let clients = connect_all(args, &shared, false)?;
+    let clients = connect_all(args, server.port, &shared, false)?;
     let snap_b = snap(server)?;
     let connected = snap_b.server;
     eprintln!("  idle for {:.1} s", args.idle.as_secs_f64());
@@ -447,7 +597,7 @@ fn connect(args: &Args, server: &mut Server) -> Result<RunResult, String> {
     let shared = Arc::new(Shared::new());
     let snap_a = snap(server)?;
     let (before, self_a) = (snap_a.server, snap_a.self_cpu_s);
-    let clients = connect_all(args, &shared, false)?;
+    let clients = connect_all(args, server.port, &shared, false)?;
     let snap_b = snap(server)?;
     let (after, self_b) = (snap_b.server, snap_b.self_cpu_s);
     server_gone(server)?;

@@ -621,9 +621,6 @@ async fn leave(
 ) -> Result<(), super::client::RedisError> {
     let app_id = bridge.app_id(app).to_owned();
     let entry = scripts::entry(&app_id, channel, user_id);
-    if node == bridge.node {
-        bridge.mine.borrow_mut().remove(&entry);
-    }
     let reply = eval(
         conn,
         scripts::LEAVE,
@@ -636,6 +633,11 @@ async fn leave(
         &[user_id, &entry, channel],
     )
     .await?;
+    // Forgotten only once Redis has it: a leave lost with the connection is announced
+    // by the resync after reconnecting.
+    if node == bridge.node {
+        bridge.mine.borrow_mut().remove(&entry);
+    }
     if reply == Reply::Int(1) {
         let a = app.0 as usize;
         if bridge
