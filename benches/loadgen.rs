@@ -172,8 +172,7 @@ fn run_crossnode(args: &Args, tag: &str) -> Result<RunResult, String> {
         };
         scenario::crossnode(args, &mut node_b, cross)
     })();
-    let mut notes = Vec::new();
-    let mut died = Vec::new();
+    let (mut notes, mut died, mut logs) = (Vec::new(), Vec::new(), Vec::new());
     for (name, p) in [
         ("node B", node_b),
         ("node A", node_a),
@@ -184,22 +183,45 @@ fn run_crossnode(args: &Args, tag: &str) -> Result<RunResult, String> {
         if let Err(e) = check_exit(name, &exit, &log, &tail, &mut notes) {
             died.push(e);
         }
-        notes.push(format!("{name} log: {}", log.display()));
+        if name != "redis-server" {
+            notes.extend(odd_log_lines(name, &log));
+        }
+        logs.push(format!("{name} log: {}", log.display()));
     }
     let mut result = outcome?;
     if !died.is_empty() {
         return Err(died.join("\n"));
     }
-    // The log paths are worth printing only next to a problem.
-    if result.notes.is_empty()
-        && notes
-            .iter()
-            .all(|n| n.ends_with(".log") && n.contains(" log: "))
-    {
-        notes.clear();
-    }
     result.notes.extend(notes);
+    // The log paths are worth printing only next to a problem.
+    if !result.notes.is_empty() {
+        result.notes.extend(logs);
+    }
     Ok(result)
+}
+
+/// A node's log lines beyond start, Redis link and stop (reconnects, failures,
+/// panics), as notes: the first few and how many there were.
+fn odd_log_lines(name: &str, log: &std::path::Path) -> Vec<String> {
+    const USUAL: &[&str] = &["listening on ", "redis connected at ", ": stopping"];
+    const SHOWN: usize = 5;
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let odd: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !USUAL.iter().any(|u| l.contains(u)))
+        .collect();
+    let mut notes: Vec<String> = odd
+        .iter()
+        .take(SHOWN)
+        .map(|l| format!("{name} logged: {l}"))
+        .collect();
+    if odd.len() > SHOWN {
+        notes.push(format!(
+            "{name} logged {} more unusual line(s)",
+            odd.len() - SHOWN
+        ));
+    }
+    notes
 }
 
 /// Turns how a process ended into an error (it died during the run) or a note.
