@@ -19,7 +19,8 @@
 //! `crossnode` starts a `redis-server` and two servers with the redis adapter (node A
 //! on `--port`, node B on `--port + 1`, or three free ports with `--port 0`),
 //! subscribes on B, waits for a probe to cross, publishes through A, and reads the
-//! CPU of all three. Every process is stopped at the end of each run.
+//! CPU of all three, and the nodes' `/metrics` counters (published to / received from
+//! Redis, dropped) after the drain. Every process is stopped at the end of each run.
 
 #[path = "loadgen/args.rs"]
 mod args;
@@ -136,7 +137,7 @@ fn run_once(args: &Args, k: usize) -> Result<RunResult, String> {
 /// Redis, node A, node B; the scenario; then B, A and Redis stopped whatever happened
 /// (and killed by `Drop` if we never get that far).
 fn run_crossnode(args: &Args, tag: &str) -> Result<RunResult, String> {
-    let [free_a, free_b, redis_port] = free_ports::<3>()?;
+    let [free_a, free_b, redis_port, metrics_a, metrics_b] = free_ports::<5>()?;
     let (port_a, port_b) = if args.port == 0 {
         (free_a, free_b)
     } else {
@@ -149,13 +150,21 @@ fn run_crossnode(args: &Args, tag: &str) -> Result<RunResult, String> {
         redis.pid,
         ready.as_millis()
     );
-    let env = [
-        ("SOKETI_ADAPTER_DRIVER", "redis".to_string()),
-        ("SOKETI_DB_REDIS_HOST", "127.0.0.1".to_string()),
-        ("SOKETI_DB_REDIS_PORT", redis_port.to_string()),
-    ];
-    let mut node_a = Server::spawn(args, port_a, &format!("{tag}-nodeA"), &env)?;
-    let mut node_b = Server::spawn(args, port_b, &format!("{tag}-nodeB"), &env)?;
+    // Metrics (counted anyway; this only opens the listener) tell where drops happen.
+    let env = |metrics: u16| {
+        [
+            ("SOKETI_ADAPTER_DRIVER", "redis".to_string()),
+            ("SOKETI_DB_REDIS_HOST", "127.0.0.1".to_string()),
+            ("SOKETI_DB_REDIS_PORT", redis_port.to_string()),
+            ("SOKETI_METRICS_ENABLED", "true".to_string()),
+            ("SOKETI_METRICS_HOST", "127.0.0.1".to_string()),
+            ("SOKETI_METRICS_SERVER_PORT", metrics.to_string()),
+        ]
+    };
+    let mut node_a = Server::spawn(args, port_a, &format!("{tag}-nodeA"), &env(metrics_a))?;
+    node_a.metrics_port = Some(metrics_a);
+    let mut node_b = Server::spawn(args, port_b, &format!("{tag}-nodeB"), &env(metrics_b))?;
+    node_b.metrics_port = Some(metrics_b);
     let outcome = (|| {
         for (name, node) in [("A", &mut node_a), ("B", &mut node_b)] {
             let ready = node.wait_ready()?;
@@ -203,7 +212,12 @@ fn run_crossnode(args: &Args, tag: &str) -> Result<RunResult, String> {
 /// A node's log lines beyond start, Redis link and stop (reconnects, failures,
 /// panics), as notes: the first few and how many there were.
 fn odd_log_lines(name: &str, log: &std::path::Path) -> Vec<String> {
-    const USUAL: &[&str] = &["listening on ", "redis connected at ", ": stopping"];
+    const USUAL: &[&str] = &[
+        "listening on ",
+        "redis connected at ",
+        "metrics on ",
+        ": stopping",
+    ];
     const SHOWN: usize = 5;
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let odd: Vec<&str> = text

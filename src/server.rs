@@ -242,6 +242,11 @@ fn redis_samples(stats: &BridgeStats) -> Vec<Sample> {
             "Successful connections to Redis.",
             get(&stats.connects),
         ),
+        Sample::counter(
+            "corecast_redis_ring_dropped_total",
+            "Messages from other nodes dropped because a shard's ring stayed full.",
+            get(&stats.ring_dropped),
+        ),
     ]
 }
 

@@ -58,6 +58,8 @@ pub struct Args {
     pub warmup: Duration,
     /// Wait after the last publish before counting what is missing.
     pub drain: Duration,
+    /// Past `drain`, keep waiting while deliveries still arrive, up to this in all.
+    pub drain_max: Duration,
     /// Idle time before the memory reading (memory scenario).
     pub idle: Duration,
     /// Length of the event's `data` string in bytes.
@@ -93,7 +95,8 @@ usage: cargo bench --bench loadgen -- [options]
   --rate N               events/s over REST, 0 = flat out (default 500)
   --duration SECS        measured window (default 20)
   --warmup SECS          (default 3)
-  --drain SECS           (default 2)
+  --drain SECS           wait after the last publish (default 2)
+  --drain-max SECS       then wait on while deliveries still arrive, up to (default 30)
   --idle SECS            memory scenario idle time (default 5)
   --payload BYTES        data string length (default 100)
   --batch N              connections per wave (default 500)
@@ -105,9 +108,11 @@ usage: cargo bench --bench loadgen -- [options]
   --redis-bin PATH       crossnode: redis-server to start on a free port (default redis-server)
   --link-timeout SECS    crossnode: wait for a probe to cross A -> B (default 30)
 
-crossnode: one redis-server and two nodes with SOKETI_ADAPTER_DRIVER=redis;
-subscribers on node B only, REST publishes on node A only; every process is
-stopped at the end of each run, whatever happened.";
+crossnode: one redis-server and two nodes with SOKETI_ADAPTER_DRIVER=redis and
+metrics on free ports; subscribers on node B only, REST publishes on node A only,
+after a probe crossed A -> B; the nodes' redis/fanout counters are read at the end
+to tell where lost messages went. Every process is stopped at the end of each run,
+whatever happened.";
 
 impl Args {
     /// Parses the process arguments; `cargo bench` adds `--bench`, which is ignored.
@@ -159,6 +164,7 @@ impl Args {
             duration: Duration::from_secs(20),
             warmup: Duration::from_secs(3),
             drain: Duration::from_secs(2),
+            drain_max: Duration::from_secs(30),
             idle: Duration::from_secs(5),
             payload_bytes: 100,
             batch: 500,
@@ -184,6 +190,7 @@ impl Args {
                 "duration" => a.duration = secs(&name, &v)?,
                 "warmup" => a.warmup = secs(&name, &v)?,
                 "drain" => a.drain = secs(&name, &v)?,
+                "drain-max" => a.drain_max = secs(&name, &v)?,
                 "idle" => a.idle = secs(&name, &v)?,
                 "payload" => a.payload_bytes = num(&name, &v)?,
                 "batch" => a.batch = num(&name, &v)?,

@@ -37,6 +37,9 @@ pub struct Shared {
     /// Progress of the connect phase.
     pub opened: AtomicUsize,
     pub failed: AtomicUsize,
+    /// Bench events received by all threads so far, updated every ~10 ms: tells the
+    /// main thread when the tail of a run has stopped arriving.
+    pub received: AtomicU64,
 }
 
 impl Shared {
@@ -48,6 +51,7 @@ impl Shared {
             stop: AtomicBool::new(false),
             opened: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
+            received: AtomicU64::new(0),
         }
     }
 
@@ -91,6 +95,9 @@ pub struct ConnResult {
     pub reordered: u64,
     /// The first reordered delivery: (seq, highest seq already seen, latency µs).
     pub first_reorder: Option<(u64, u64, u64)>,
+    /// One past the highest sequence number received: what is missing below it is a
+    /// gap, what is missing above it never arrived before the end (the tail).
+    pub next: u64,
     /// Bench events whose seq/time could not be parsed or were absurd.
     pub bogus: u64,
     pub end: End,
@@ -235,8 +242,14 @@ async fn client_thread(
         Vec::new()
     };
 
+    let mut counted = 0;
     while !shared.stop.load(Ordering::Relaxed) {
         monoio::time::sleep(Duration::from_millis(10)).await;
+        let total = recv.borrow().total;
+        shared
+            .received
+            .fetch_add(total - counted, Ordering::Relaxed);
+        counted = total;
     }
     canceller = canceller.cancel();
     let mut results = Vec::with_capacity(tasks.len());
@@ -308,8 +321,6 @@ struct Track {
     res: ConnResult,
     /// Bit per sequence number seen.
     seen: Vec<u64>,
-    /// One past the highest sequence number seen.
-    next: u64,
 }
 
 impl Track {
@@ -320,13 +331,13 @@ impl Track {
             dups: 0,
             reordered: 0,
             first_reorder: None,
+            next: 0,
             bogus: 0,
             end: End::Stopped,
         };
         Track {
             res,
             seen: Vec::new(),
-            next: 0,
         }
     }
 
@@ -345,13 +356,13 @@ impl Track {
         }
         self.seen[word] |= bit;
         self.res.distinct += 1;
-        if seq < self.next {
+        if seq < self.res.next {
             self.res.reordered += 1;
             if self.res.first_reorder.is_none() {
-                self.res.first_reorder = Some((seq, self.next - 1, latency_us));
+                self.res.first_reorder = Some((seq, self.res.next - 1, latency_us));
             }
         } else {
-            self.next = seq + 1;
+            self.res.next = seq + 1;
         }
     }
 }

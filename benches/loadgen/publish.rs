@@ -370,6 +370,8 @@ pub struct Probe {
     pub waited: Duration,
     /// Probe publishes attempted (answered or not).
     pub published: u64,
+    /// Probe publishes answered 200.
+    pub accepted: u64,
     /// Failed probe publishes, e.g. `HTTP 500: ...` (the first few distinct ones).
     pub errors: Vec<String>,
 }
@@ -432,6 +434,7 @@ async fn probe_async(
     let mut out = Probe {
         waited: Duration::ZERO,
         published: 0,
+        accepted: 0,
         errors: Vec::new(),
     };
     let body = format!(r#"{{"name":"probe","channel":"{channel}","data":"probe"}}"#).into_bytes();
@@ -457,11 +460,12 @@ async fn probe_async(
             ));
         }
         out.published += 1;
-        if let Some(e) = probe_once(plan, &mut stream, &body, &mut buf, &progress).await
-            && out.errors.len() < PROBE_ERRORS
-            && !out.errors.contains(&e)
-        {
-            out.errors.push(e);
+        match probe_once(plan, &mut stream, &body, &mut buf, &progress).await {
+            None => out.accepted += 1,
+            Some(e) if out.errors.len() < PROBE_ERRORS && !out.errors.contains(&e) => {
+                out.errors.push(e);
+            }
+            Some(_) => {}
         }
         // Wait for the delivery in small steps, so the link time is measured finely.
         let next = Instant::now() + PROBE_EVERY;

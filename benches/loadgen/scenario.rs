@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use crate::args::{Args, Scenario};
 use crate::clients::{self, End, Msg, OPEN_TIMEOUT, Plan, Shared, ThreadReport};
 use crate::publish::{self, PubPlan};
-use crate::server::{Sample, Server, machine_busy_s, self_cpu_s};
+use crate::server::{Sample, Server, machine_busy_s, scrape, self_cpu_s};
 
 /// How long the client threads get to report after `stop`.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(15);
@@ -247,6 +247,43 @@ fn other_cpu_pct(a: &Snap, b: &Snap) -> f64 {
     (wall - ours).max(0.0)
 }
 
+/// How the wait for the last deliveries went.
+struct Drain {
+    /// From the publisher's end to the end of the wait.
+    waited: Duration,
+    /// Deliveries were still arriving at `--drain-max`.
+    cut: bool,
+}
+
+/// Waits `--drain`, then on while the delivery count still grows (checked every
+/// `DRAIN_STEP`), `--drain-max` in all at most. A backlog is late, not lost.
+fn drain_tail(args: &Args, shared: &Shared) -> Drain {
+    const DRAIN_STEP: Duration = Duration::from_millis(250);
+    let t0 = Instant::now();
+    let cap = args.drain_max.max(args.drain);
+    std::thread::sleep(args.drain);
+    let mut seen = shared.received.load(Ordering::Relaxed);
+    loop {
+        if t0.elapsed() + DRAIN_STEP > cap {
+            std::thread::sleep(cap.saturating_sub(t0.elapsed()));
+            let now = shared.received.load(Ordering::Relaxed);
+            return Drain {
+                waited: t0.elapsed(),
+                cut: now != seen,
+            };
+        }
+        std::thread::sleep(DRAIN_STEP);
+        let now = shared.received.load(Ordering::Relaxed);
+        if now == seen {
+            return Drain {
+                waited: t0.elapsed(),
+                cut: false,
+            };
+        }
+        seen = now;
+    }
+}
+
 fn sleep_until(t: Instant) {
     std::thread::sleep(t.saturating_duration_since(Instant::now()));
 }
@@ -278,14 +315,70 @@ fn all_alive(server: &mut Server, cross: &mut Option<Cross>) -> Result<(), Strin
     }
 }
 
-/// Publishes on node A until a subscriber on node B sees one, or `--link-timeout`.
+/// Counters read from the nodes' `/metrics` after the drain (whole run, probe
+/// included): figure name, metric family, node.
+const NODE_COUNTERS: &[(&str, &str, char)] = &[
+    (
+        "node_a_redis_published",
+        "corecast_redis_published_total",
+        'a',
+    ),
+    (
+        "node_b_redis_received",
+        "corecast_redis_received_total",
+        'b',
+    ),
+    ("node_a_redis_dropped", "corecast_redis_dropped_total", 'a'),
+    ("node_b_redis_dropped", "corecast_redis_dropped_total", 'b'),
+    (
+        "node_a_fanout_dropped",
+        "corecast_fanout_dropped_total",
+        'a',
+    ),
+    (
+        "node_b_fanout_dropped",
+        "corecast_fanout_dropped_total",
+        'b',
+    ),
+    (
+        "node_b_slow_reader_disconnects",
+        "corecast_slow_reader_disconnects_total",
+        'b',
+    ),
+    (
+        "node_a_redis_connects",
+        "corecast_redis_connects_total",
+        'a',
+    ),
+    (
+        "node_b_redis_connects",
+        "corecast_redis_connects_total",
+        'b',
+    ),
+];
+
+type Counters = BTreeMap<String, f64>;
+
+/// Node A's and node B's metrics, summed per family.
+fn scrape_nodes(node_b: &Server, cross: &Cross) -> Result<(Counters, Counters), String> {
+    let get = |s: &Server, name: &str| {
+        let port = s
+            .metrics_port
+            .ok_or_else(|| format!("{name} has no metrics port"))?;
+        scrape(port).map_err(|e| format!("{name}: {e}"))
+    };
+    Ok((get(cross.node_a, "node A")?, get(node_b, "node B")?))
+}
+
+/// Publishes on node A until a subscriber on node B sees one, or `--link-timeout`;
+/// returns how many probes node A accepted.
 fn wait_link(
     args: &Args,
     node_b: &Server,
     cross: &Cross,
     pub_plan: &PubPlan,
     r: &mut RunResult,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     eprintln!(
         "  waiting for a probe on {PROBE_CHANNEL} to cross node A (:{}) -> redis (:{}) -> node B (:{})",
         cross.node_a.port, cross.redis.port, node_b.port
@@ -316,7 +409,7 @@ fn wait_link(
     }
     r.put("link_wait_ms", probe.waited.as_secs_f64() * 1000.0);
     r.put("link_probes", probe.published as f64);
-    Ok(())
+    Ok(probe.accepted)
 }
 
 /// Publishes through REST (on node A for crossnode) to subscribers on `server`.
@@ -348,8 +441,9 @@ fn delivery(
         start_ns: 0,
         end_ns: 0,
     };
+    let mut probes_accepted = 0;
     if let Some(c) = &cross {
-        wait_link(args, server, c, &pub_plan, &mut r)?;
+        probes_accepted = wait_link(args, server, c, &pub_plan, &mut r)?;
         all_alive(server, &mut cross)?;
     }
 
@@ -379,7 +473,14 @@ fn delivery(
     let snap_b = snap_all(server, cross.as_ref())?;
     let (b, self_b) = (snap_b.server, snap_b.self_cpu_s);
     let publishing = pub_rx.recv_timeout(Duration::from_secs(20));
-    std::thread::sleep(args.drain);
+    let drain = drain_tail(args, &shared);
+    if drain.cut {
+        r.notes.push(format!(
+            "deliveries were still arriving {:.1} s after the last publish (--drain-max)",
+            drain.waited.as_secs_f64()
+        ));
+    }
+    let counters = cross.as_ref().map(|c| scrape_nodes(server, c));
     let crashed = all_alive(server, &mut cross);
     let reports = clients.finish(&mut r.notes);
     crashed?;
@@ -389,6 +490,7 @@ fn delivery(
     let (mut window, mut total, mut pings, mut other) = (0u64, 0u64, 0u64, 0u64);
     let (mut lost, mut extra, mut dups, mut reordered, mut bogus, mut expected) =
         (0, 0, 0, 0, 0, 0);
+    let mut lost_gaps = 0u64;
     let mut ends: BTreeMap<String, usize> = BTreeMap::new();
     let mut receivers = 0usize;
     let mut late_of_failed = 0u64;
@@ -407,7 +509,10 @@ fn delivery(
             let published = publishing.ok[c.channel];
             let maybe = publishing.uncertain[c.channel];
             expected += published;
-            lost += published.saturating_sub(c.distinct);
+            let missing = published.saturating_sub(c.distinct);
+            lost += missing;
+            // Missing above the highest seq received is the tail; below it, gaps.
+            lost_gaps += missing - published.saturating_sub(c.next).min(missing);
             extra += c.distinct.saturating_sub(published + maybe);
             late_of_failed += c.distinct.saturating_sub(published).min(maybe);
             if let Some((seq, after, us)) = c.first_reorder
@@ -437,8 +542,11 @@ fn delivery(
             .push(format!("{n} connection(s) ended early: {end}"));
     }
     if lost > 0 {
-        r.notes
-            .push(format!("{lost} deliveries lost (of {expected} expected)"));
+        r.notes.push(format!(
+            "{lost} deliveries lost (of {expected} expected): {lost_gaps} in gaps (a later \
+             event of the channel arrived), {} at the tail (nothing after them arrived)",
+            lost - lost_gaps
+        ));
     }
     if reordered > 0 || dups > 0 || extra > 0 || bogus > 0 {
         r.notes.push(format!(
@@ -495,6 +603,37 @@ fn delivery(
     r.put("latency_p999_us", hist.value_at_quantile(0.999) as f64);
     r.put("latency_max_us", hist.max() as f64);
     r.put("lost", lost as f64);
+    r.put("lost_in_gaps", lost_gaps as f64);
+    match counters {
+        Some(Ok((node_a, node_b))) => {
+            let count = |m: &Counters, family: &str| m.get(family).copied().unwrap_or(0.0) as u64;
+            let accepted = published + probes_accepted;
+            let sent = count(&node_a, "corecast_redis_published_total");
+            let got = count(&node_b, "corecast_redis_received_total");
+            if sent < accepted {
+                r.notes.push(format!(
+                    "node A answered 200 to {accepted} events (probes included) but published \
+                     {sent} to Redis"
+                ));
+            }
+            if got < sent {
+                r.notes.push(format!(
+                    "node A published {sent} messages to Redis, node B received {got}"
+                ));
+            }
+            for (name, family, map) in NODE_COUNTERS {
+                let v = if *map == 'a' { &node_a } else { &node_b };
+                let v = v.get(*family).copied().unwrap_or(f64::NAN);
+                r.put(name, v);
+                if (name.ends_with("dropped") || name.ends_with("disconnects")) && v > 0.0 {
+                    r.notes.push(format!("{name} = {v} ({family})"));
+                }
+            }
+        }
+        Some(Err(e)) => r.notes.push(format!("metrics scrape failed: {e}")),
+        None => {}
+    }
+    r.put("drain_s", drain.waited.as_secs_f64());
     r.put("reordered", reordered as f64);
     r.put("duplicated", dups as f64);
     r.put("delivered_after_publish_error", late_of_failed as f64);

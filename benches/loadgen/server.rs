@@ -28,6 +28,8 @@ pub struct Server {
     pub pid: i32,
     /// The port it listens on.
     pub port: u16,
+    /// Where its Prometheus `/metrics` answers, when the caller enabled them.
+    pub metrics_port: Option<u16>,
     /// Its stdout and stderr, for the report when something goes wrong.
     pub log: PathBuf,
 }
@@ -240,8 +242,58 @@ fn start(mut cmd: Command, port: u16, log_dir: &Path, log_name: &str) -> Result<
         child,
         pid,
         port,
+        metrics_port: None,
         log,
     })
+}
+
+/// Time allowed for one `/metrics` scrape.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `GET /metrics` on `port`: every sample's value summed per family name (over
+/// shards and other labels).
+pub fn scrape(port: u16) -> Result<std::collections::BTreeMap<String, f64>, String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+        .map_err(|e| format!("metrics connect: {e}"))?;
+    s.set_read_timeout(Some(SCRAPE_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("metrics write: {e}"))?;
+    // The metrics server closes after every answer; the deadline bounds a stuck one.
+    let t0 = Instant::now();
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if t0.elapsed() > SCRAPE_TIMEOUT || raw.len() > 16 * 1024 * 1024 {
+            return Err("metrics answer too slow or too large".into());
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("metrics read: {e}")),
+        }
+    }
+    let text = String::from_utf8_lossy(&raw);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Err("metrics: no HTTP head".into());
+    };
+    if !head.starts_with("HTTP/1.1 200") {
+        let line = head.lines().next().unwrap_or("");
+        return Err(format!("metrics: {line}"));
+    }
+    let mut sums = std::collections::BTreeMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let name = series.split('{').next().unwrap_or(series).trim();
+        if let Ok(v) = value.trim().parse::<f64>() {
+            *sums.entry(name.to_string()).or_insert(0.0) += v;
+        }
+    }
+    Ok(sums)
 }
 
 /// One `PING` on a fresh connection; Ok when the answer is `+PONG`.

@@ -40,6 +40,8 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Envelopes handled per round.
 const BATCH: usize = 512;
+/// How long a message from another node waits for room in a full shard ring.
+const RING_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Counters the metrics scrape reads.
 #[derive(Debug, Default)]
@@ -50,6 +52,8 @@ pub struct BridgeStats {
     pub received: AtomicU64,
     /// Publishes dropped while Redis was unreachable.
     pub dropped: AtomicU64,
+    /// Messages from other nodes dropped because a shard's ring stayed full.
+    pub ring_dropped: AtomicU64,
     /// Successful (re)connections.
     pub connects: AtomicU64,
     /// 1 while both connections are up.
@@ -147,6 +151,27 @@ impl Bridge {
     fn to_all_shards(&self, make: impl Fn() -> Envelope) {
         for s in 0..self.shards {
             self.to_shard(s, make());
+        }
+    }
+
+    /// Hands an envelope from another node to every shard, waiting while a shard's ring
+    /// is full (backpressure: the pub/sub socket is not read meanwhile). Only a ring that
+    /// stays full for [`RING_PATIENCE`] drops the envelope, counted.
+    async fn to_all_shards_waiting(&self, make: impl Fn() -> Envelope) {
+        for s in 0..self.shards {
+            let mut envelope = make();
+            let deadline = Instant::now() + RING_PATIENCE;
+            loop {
+                match self.outbox.borrow_mut().push(s, envelope) {
+                    Ok(()) => break,
+                    Err(back) => envelope = back,
+                }
+                if Instant::now() >= deadline {
+                    bump(&self.stats.ring_dropped, 1);
+                    break;
+                }
+                monoio::time::sleep(Duration::from_micros(200)).await;
+            }
         }
     }
 
@@ -1074,14 +1099,14 @@ async fn subscriber_loop(bridge: Rc<Bridge>) {
                 continue;
             }
             bump(&bridge.stats.received, 1);
-            dispatch(&bridge, message);
+            dispatch(&bridge, message).await;
         }
         bridge.sub_up.set(false);
         eprintln!("corecast: redis subscriber disconnected; reconnecting");
     }
 }
 
-fn dispatch(bridge: &Bridge, message: Message) {
+async fn dispatch(bridge: &Bridge, message: Message) {
     match message {
         Message::Publish {
             app_id,
@@ -1096,14 +1121,16 @@ fn dispatch(bridge: &Bridge, message: Message) {
             };
             let channel: Arc<str> = Arc::from(channel);
             let at = Instant::now();
-            bridge.to_all_shards(|| Envelope::Publish {
-                app,
-                channel: Arc::clone(&channel),
-                frame: frame.clone(),
-                except,
-                cache,
-                at,
-            });
+            bridge
+                .to_all_shards_waiting(|| Envelope::Publish {
+                    app,
+                    channel: Arc::clone(&channel),
+                    frame: frame.clone(),
+                    except,
+                    cache,
+                    at,
+                })
+                .await;
         }
         Message::Terminate {
             app_id, user_id, ..
@@ -1112,10 +1139,12 @@ fn dispatch(bridge: &Bridge, message: Message) {
                 return;
             };
             let user: Arc<str> = Arc::from(user_id);
-            bridge.to_all_shards(|| Envelope::TerminateUser {
-                app,
-                user_id: Arc::clone(&user),
-            });
+            bridge
+                .to_all_shards_waiting(|| Envelope::TerminateUser {
+                    app,
+                    user_id: Arc::clone(&user),
+                })
+                .await;
         }
     }
 }
