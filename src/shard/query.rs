@@ -1,5 +1,6 @@
 //! Scatter-gather reads: a REST read asks every shard for its part through the rings and
-//! merges the replies, waiting at most [`QUERY_DEADLINE`]; a shard that does not answer in
+//! merges the replies, waiting at most [`QUERY_DEADLINE`] (with the redis adapter,
+//! `SOKETI_ADAPTER_REDIS_REQUESTS_TIMEOUT` for the cluster's part); a part that does not answer in
 //! time is left out rather than waited on.
 
 use std::future::poll_fn;
@@ -89,7 +90,11 @@ impl Shard {
                 _ => Poll::Ready(()),
             }
         });
-        let _ = monoio::time::timeout(QUERY_DEADLINE, wait).await;
+        let deadline = match self.bridge {
+            Some(_) => self.config.redis.requests_timeout,
+            None => QUERY_DEADLINE,
+        };
+        let _ = monoio::time::timeout(deadline, wait).await;
         self.queries
             .borrow_mut()
             .remove(&id)
