@@ -14,7 +14,10 @@
 //! - `clients`: client threads (one monoio runtime each) that open connections in
 //!   waves and read deliveries: latency, loss, reordering.
 //! - `publish`: signed REST publishes over keep-alive connections, paced or flat out.
-//! - `scenario`: `delivery`, `memory`, `connect`, `crossnode`.
+//! - `scenario`: `delivery`, `memory`, `connect`, `crossnode`, `baseline`.
+//! - `baseline`: the kernel-only fan-out (one thread, blocking `write()` per
+//!   delivery on loopback sockets) whose CPU per write the server's CPU per
+//!   delivery is read against (`--baseline`, after the server of each run stopped).
 //!
 //! `crossnode` starts a `redis-server` and two servers with the redis adapter (node A
 //! on `--port`, node B on `--port + 1`, or three free ports with `--port 0`),
@@ -24,6 +27,8 @@
 
 #[path = "loadgen/args.rs"]
 mod args;
+#[path = "loadgen/baseline.rs"]
+mod baseline;
 #[path = "loadgen/clients.rs"]
 mod clients;
 #[path = "loadgen/publish.rs"]
@@ -60,7 +65,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let needed = args.connections as u64 + args.publishers as u64 + FD_HEADROOM;
+    let mut needed = args.connections as u64 + args.publishers as u64 + FD_HEADROOM;
+    if args.baseline {
+        // Both ends of every baseline socket live in this process.
+        needed = needed.max(2 * args.connections as u64 + FD_HEADROOM);
+    }
     if let Err(e) = server::ensure_fd_limit(needed) {
         eprintln!("loadgen: {e}");
         return ExitCode::from(2);
@@ -109,6 +118,11 @@ fn run_once(args: &Args, k: usize) -> Result<RunResult, String> {
     if args.scenario == Scenario::Crossnode {
         return run_crossnode(args, &tag);
     }
+    if args.scenario == Scenario::Baseline {
+        let mut r = RunResult::default();
+        scenario::baseline(args, delivery_rate(args), &mut r)?;
+        return Ok(r);
+    }
     let mut args = args.clone();
     if args.port == 0 {
         args.port = free_ports::<1>()?[0];
@@ -131,7 +145,26 @@ fn run_once(args: &Args, k: usize) -> Result<RunResult, String> {
     if !result.notes.is_empty() {
         result.notes.push(format!("server log: {}", log.display()));
     }
+    if args.baseline {
+        // Right after the measured window, with the server gone: at the rate asked
+        // for, or with --rate 0 at the rate the server actually delivered.
+        let per_s = match delivery_rate(args) {
+            0.0 => figure(&result, "deliveries_per_s").unwrap_or(0.0),
+            r => r,
+        };
+        scenario::baseline(args, per_s, &mut result)?;
+    }
     Ok(result)
+}
+
+/// Deliveries/s the delivery scenario asks for: rate x connections / channels (0
+/// with `--rate 0`).
+fn delivery_rate(args: &Args) -> f64 {
+    args.rate as f64 * args.connections as f64 / args.channels as f64
+}
+
+fn figure(r: &RunResult, name: &str) -> Option<f64> {
+    r.figures.iter().find(|f| f.0 == name).map(|f| f.1)
 }
 
 /// Redis, node A, node B; the scenario; then B, A and Redis stopped whatever happened
@@ -302,6 +335,8 @@ const HEADLINE: &[&str] = &[
     "latency_p99_us",
     "lost",
     "server_cpu_us_per_delivery",
+    "baseline_cpu_us_per_write",
+    "server_vs_baseline",
     "node_b_cpu_us_per_delivery",
     "node_a_cpu_s",
     "node_b_cpu_s",
@@ -326,7 +361,7 @@ fn report(args: &Args, results: &[RunResult], failures: &[String]) {
     }
     println!();
     let what = match args.scenario {
-        Scenario::Delivery | Scenario::Crossnode => format!(
+        Scenario::Delivery | Scenario::Crossnode | Scenario::Baseline => format!(
             "channels {} | rate {} | payload {} B",
             args.channels, args.rate, args.payload_bytes
         ),
@@ -387,6 +422,7 @@ fn report(args: &Args, results: &[RunResult], failures: &[String]) {
             "client_threads": args.client_threads,
             "publishers": args.publishers,
             "server_bin": args.server_bin.display().to_string(),
+            "baseline": args.baseline,
         },
         "median": median,
         "per_run": per_run,

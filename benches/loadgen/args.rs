@@ -15,6 +15,8 @@ pub enum Scenario {
     /// Two nodes joined by Redis: subscribe on node B, publish through node A's REST
     /// API, measure cross-node delivery cost and latency.
     Crossnode,
+    /// No server: only the same-run baseline (see `--baseline`).
+    Baseline,
 }
 
 impl Scenario {
@@ -24,6 +26,7 @@ impl Scenario {
             Scenario::Memory => "memory",
             Scenario::Connect => "connect",
             Scenario::Crossnode => "crossnode",
+            Scenario::Baseline => "baseline",
         }
     }
 
@@ -34,6 +37,7 @@ impl Scenario {
             Scenario::Memory => "mem",
             Scenario::Connect => "conn",
             Scenario::Crossnode => "xnode",
+            Scenario::Baseline => "bench",
         }
     }
 }
@@ -81,11 +85,13 @@ pub struct Args {
     pub redis_bin: PathBuf,
     /// How long the crossnode scenario waits for a probe event to cross the nodes.
     pub link_timeout: Duration,
+    /// Delivery: after each run, measure the kernel-only fan-out baseline.
+    pub baseline: bool,
 }
 
 pub const USAGE: &str = "\
 usage: cargo bench --bench loadgen -- [options]
-  --scenario delivery|memory|connect|crossnode   (default delivery)
+  --scenario delivery|memory|connect|crossnode|baseline   (default delivery)
   --server-bin PATH      (default target/release/corecast)
   --port N               (default 6101; 0 = a free port per run;
                           crossnode: node A on N, node B on N+1)
@@ -107,12 +113,24 @@ usage: cargo bench --bench loadgen -- [options]
   --log-dir PATH         server logs (default target/loadgen)
   --redis-bin PATH       crossnode: redis-server to start on a free port (default redis-server)
   --link-timeout SECS    crossnode: wait for a probe to cross A -> B (default 30)
+  --baseline             delivery: after each run (server stopped), measure the
+                         machine's cost of the bare kernel work of the fan-out
 
 crossnode: one redis-server and two nodes with SOKETI_ADAPTER_DRIVER=redis and
 metrics on free ports; subscribers on node B only, REST publishes on node A only,
 after a probe crossed A -> B; the nodes' redis/fanout counters are read at the end
 to tell where lost messages went. Every process is stopped at the end of each run,
-whatever happened.";
+whatever happened.
+
+baseline (--scenario baseline, or --baseline with delivery): one std thread owns
+--connections accepted loopback sockets and writes a frame the size of a real
+delivery to them round robin, one blocking write() per delivery, in bursts of
+connections/channels per event at rate x connections/channels writes/s (delivery
+with --rate 0: the run's measured deliveries/s; baseline alone: flat out) for
+--duration after up to 1 s warmup; a second thread drains the other ends with
+epoll. Reports that thread's getrusage(RUSAGE_THREAD) user+sys per write
+(baseline_cpu_us_per_write) and, with delivery, server_vs_baseline =
+server_cpu_us_per_delivery / baseline_cpu_us_per_write, per run and median.";
 
 impl Args {
     /// Parses the process arguments; `cargo bench` adds `--bench`, which is ignored.
@@ -125,6 +143,10 @@ impl Args {
             }
             if arg == "--help" || arg == "-h" {
                 return Err(String::new());
+            }
+            if arg == "--baseline" {
+                pairs.push(("baseline".into(), "true".into()));
+                continue;
             }
             let Some(name) = arg.strip_prefix("--") else {
                 return Err(format!("unexpected argument {arg:?}"));
@@ -144,11 +166,12 @@ impl Args {
                 "memory" => Scenario::Memory,
                 "connect" => Scenario::Connect,
                 "crossnode" => Scenario::Crossnode,
+                "baseline" => Scenario::Baseline,
                 other => return Err(format!("unknown scenario {other:?}")),
             },
         };
         let (connections, channels, shards) = match scenario {
-            Scenario::Delivery => (2000, 20, 2),
+            Scenario::Delivery | Scenario::Baseline => (2000, 20, 2),
             Scenario::Memory => (19_000, 100, 2),
             Scenario::Connect => (5000, 20, 2),
             Scenario::Crossnode => (1000, 10, 1),
@@ -177,6 +200,7 @@ impl Args {
             log_dir: PathBuf::from("target/loadgen"),
             redis_bin: PathBuf::from("redis-server"),
             link_timeout: Duration::from_secs(30),
+            baseline: scenario == Scenario::Baseline,
         };
         for (name, v) in pairs {
             match name.as_str() {
@@ -203,6 +227,13 @@ impl Args {
                 "log-dir" => a.log_dir = PathBuf::from(v),
                 "redis-bin" => a.redis_bin = PathBuf::from(v),
                 "link-timeout" => a.link_timeout = secs(&name, &v)?,
+                "baseline" => {
+                    a.baseline = match v.as_str() {
+                        "true" | "1" | "yes" => true,
+                        "false" | "0" | "no" => false,
+                        _ => return Err(format!("--baseline: not a boolean: {v:?}")),
+                    } || scenario == Scenario::Baseline
+                }
                 _ => return Err(format!("unknown option --{name}")),
             }
         }
@@ -220,6 +251,9 @@ impl Args {
         }
         if a.scenario == Scenario::Crossnode && a.port == u16::MAX {
             return Err("--port: crossnode needs port + 1 for node B".into());
+        }
+        if a.baseline && !matches!(a.scenario, Scenario::Delivery | Scenario::Baseline) {
+            return Err("--baseline goes with --scenario delivery".into());
         }
         if a.link_timeout.is_zero() {
             return Err("--link-timeout must be positive".into());

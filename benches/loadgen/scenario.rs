@@ -39,7 +39,61 @@ pub fn run(args: &Args, server: &mut Server) -> Result<RunResult, String> {
         Scenario::Memory => memory(args, server),
         Scenario::Connect => connect(args, server),
         Scenario::Crossnode => Err("crossnode runs through scenario::crossnode".into()),
+        Scenario::Baseline => Err("baseline runs through scenario::baseline".into()),
     }
+}
+
+/// The kernel-only fan-out baseline (no server), paced at `per_s` writes/s (0 =
+/// flat out); figures added to `r`, and `server_vs_baseline` when `r` has
+/// `server_cpu_us_per_delivery`.
+pub fn baseline(args: &Args, per_s: f64, r: &mut RunResult) -> Result<(), String> {
+    eprintln!(
+        "  baseline: {} sockets, {} writes/s of {} B for {:.1} s",
+        args.connections,
+        if per_s > 0.0 {
+            format!("{per_s:.0}")
+        } else {
+            "flat out".to_string()
+        },
+        crate::baseline::delivery_frame(args).len(),
+        args.duration.as_secs_f64()
+    );
+    let b = crate::baseline::run(args, per_s)?;
+    let per_write = b.cpu_us_per_write();
+    r.put("baseline_frame_bytes", b.frame_bytes as f64);
+    r.put("baseline_target_writes_per_s", b.target_per_s.round());
+    r.put("baseline_writes", b.writes as f64);
+    r.put("baseline_writes_per_s", per(b.writes as f64, 1) / b.wall_s.max(1e-9));
+    r.put("baseline_cpu_s", b.user_s + b.sys_s);
+    r.put("baseline_cpu_user_s", b.user_s);
+    r.put("baseline_cpu_sys_s", b.sys_s);
+    r.put("baseline_cpu_pct", (b.user_s + b.sys_s) / b.wall_s.max(1e-9) * 100.0);
+    r.put("baseline_cpu_us_per_write", per_write);
+    r.put(
+        "baseline_reader_cpu_us_per_write",
+        per(b.reader_cpu_s * 1e6, b.writes),
+    );
+    if b.short_writes > 0 {
+        r.notes
+            .push(format!("baseline: {} short write(s)", b.short_writes));
+    }
+    if per_s > 0.0 && (b.writes as f64) < 0.95 * per_s * b.wall_s {
+        r.notes.push(format!(
+            "baseline wrote {:.0}/s, below the {per_s:.0}/s asked for",
+            b.writes as f64 / b.wall_s.max(1e-9)
+        ));
+    }
+    let server = r
+        .figures
+        .iter()
+        .find(|(n, _)| *n == "server_cpu_us_per_delivery")
+        .map(|f| f.1);
+    if let Some(s) = server
+        && per_write > 0.0
+    {
+        r.put("server_vs_baseline", s / per_write);
+    }
+    Ok(())
 }
 
 /// The second node and the Redis between them, in the crossnode scenario.
