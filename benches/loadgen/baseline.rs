@@ -126,7 +126,11 @@ pub fn run(args: &Args, per_s: f64) -> Result<Baseline, String> {
         let duration = args.duration;
         std::thread::Builder::new()
             .name("baseline-writer".into())
-            .spawn(move || write_loop(writers, &frame, fan, interval, warmup, duration, &win, &stop))
+            .spawn(move || {
+                write_loop(
+                    writers, &frame, fan, interval, warmup, duration, &win, &stop,
+                )
+            })
             .map_err(|e| e.to_string())?
     };
     let written = writer
@@ -162,7 +166,7 @@ fn write_loop(
     let (mut writes, mut short) = (0u64, 0u64);
     let mut cpu0: Option<((f64, f64), u64, Instant)> = None;
     let mut burst = 0u32;
-    let result = loop {
+    loop {
         let mut now = Instant::now();
         if let Some(iv) = interval {
             let due = t0 + iv * burst;
@@ -208,8 +212,7 @@ fn write_loop(
             writes += 1;
         }
         burst += 1;
-    };
-    result
+    }
 }
 
 /// Reads and discards everything arriving on `socks` until `stop`; returns its own
@@ -222,7 +225,10 @@ fn drain(
     // SAFETY: plain syscall.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if ep < 0 {
-        return Err(format!("epoll_create1: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "epoll_create1: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     for (i, s) in socks.iter().enumerate() {
         s.set_nonblocking(true).map_err(|e| e.to_string())?;

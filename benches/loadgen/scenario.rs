@@ -63,11 +63,17 @@ pub fn baseline(args: &Args, per_s: f64, r: &mut RunResult) -> Result<(), String
     r.put("baseline_frame_bytes", b.frame_bytes as f64);
     r.put("baseline_target_writes_per_s", b.target_per_s.round());
     r.put("baseline_writes", b.writes as f64);
-    r.put("baseline_writes_per_s", per(b.writes as f64, 1) / b.wall_s.max(1e-9));
+    r.put(
+        "baseline_writes_per_s",
+        per(b.writes as f64, 1) / b.wall_s.max(1e-9),
+    );
     r.put("baseline_cpu_s", b.user_s + b.sys_s);
     r.put("baseline_cpu_user_s", b.user_s);
     r.put("baseline_cpu_sys_s", b.sys_s);
-    r.put("baseline_cpu_pct", (b.user_s + b.sys_s) / b.wall_s.max(1e-9) * 100.0);
+    r.put(
+        "baseline_cpu_pct",
+        (b.user_s + b.sys_s) / b.wall_s.max(1e-9) * 100.0,
+    );
     r.put("baseline_cpu_us_per_write", per_write);
     r.put(
         "baseline_reader_cpu_us_per_write",
