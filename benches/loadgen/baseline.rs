@@ -68,7 +68,9 @@ pub fn delivery_frame(args: &Args) -> Vec<u8> {
     frame
 }
 
-/// User and system CPU of the calling thread, in seconds.
+/// User and system CPU of the calling thread, in seconds. The sum is the
+/// scheduler's exact runtime; the split is apportioned from tick samples, so a
+/// thread that sleeps between short bursts can show all of it as user time.
 fn thread_cpu_s() -> (f64, f64) {
     // SAFETY: rusage is plain old data; getrusage fills it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -127,20 +129,23 @@ pub fn run(args: &Args, per_s: f64) -> Result<Baseline, String> {
         std::thread::Builder::new()
             .name("baseline-writer".into())
             .spawn(move || {
-                write_loop(
-                    writers, &frame, fan, interval, warmup, duration, &win, &stop,
-                )
+                let r = write_loop(
+                    &writers, &frame, fan, interval, warmup, duration, &win, &stop,
+                );
+                // The sockets stay open until the reader stopped: no EOF for it.
+                (r, writers)
             })
             .map_err(|e| e.to_string())?
     };
     let written = writer
         .join()
-        .map_err(|_| "the baseline writer panicked".to_string())
-        .and_then(|r| r);
+        .map_err(|_| "the baseline writer panicked".to_string());
     stop.store(true, Ordering::Relaxed);
     let reader_cpu_s = reader
         .join()
         .map_err(|_| "the baseline reader panicked".to_string())?;
+    let (written, writers) = written?;
+    drop(writers);
     let mut b = written?;
     b.target_per_s = per_s;
     b.reader_cpu_s = reader_cpu_s?;
@@ -149,7 +154,7 @@ pub fn run(args: &Args, per_s: f64) -> Result<Baseline, String> {
 
 #[allow(clippy::too_many_arguments)]
 fn write_loop(
-    socks: Vec<TcpStream>,
+    socks: &[TcpStream],
     frame: &[u8],
     fan: usize,
     interval: Option<Duration>,
