@@ -1,0 +1,529 @@
+//! The redis bridge: one thread, its own monoio runtime, two Redis connections (commands
+//! and pub/sub). It sits in the shard mesh as one more participant, so shards reach it
+//! and it reaches them through the same SPSC rings.
+//!
+//! Out: frames the local shards publish go to the broadcast channel once per node.
+//! In: frames other nodes publish go to every local shard, which write the same bytes.
+//! Presence: the cluster roster lives in Redis (see [`super::scripts`]); the bridge runs
+//! the join and leave scripts and announces `member_added` / `member_removed` to every
+//! node exactly once. Counts: each node keeps its subscription counts in Redis for REST
+//! reads. Liveness: heartbeats, and the members of a node that stops heartbeating are
+//! removed by another node. Redis down: local delivery goes on, cross-node publishes are
+//! dropped and counted, and everything is rebuilt on reconnect.
+
+mod cluster;
+mod inbound;
+mod presence;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ahash::{AHashMap, AHashSet};
+use bytes::Bytes;
+
+use super::client::{Backoff, Connection, RedisError, RedisOptions, Reply, Subscriber};
+use super::scripts::{self, Keys};
+use super::wire::Message;
+use crate::app::{AppIdx, AppTable};
+use crate::config::Config;
+use crate::config::WebhookEvent;
+use crate::fanout::{
+    ChannelPart, Envelope, Inbox, Outbox, Query, QueryReply, RosterEntry, SocketRef,
+};
+use crate::protocol::{
+    member_added_frame, member_removed_frame, subscription_error_frame, subscription_succeeded,
+};
+use crate::webhooks::{Event, Webhooks};
+use cluster::{bulk_strings, heartbeat, read};
+use inbound::subscriber_loop;
+use presence::{apply_resync, join, leave, occupy};
+
+/// How often a node writes its heartbeat and looks for dead nodes.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A node silent this long is dead: its members are removed.
+const NODE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Envelopes handled per round.
+const BATCH: usize = 512;
+/// How long a message from another node waits for room in a full shard ring.
+const RING_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Counters the metrics scrape reads.
+#[derive(Debug, Default)]
+pub struct BridgeStats {
+    /// Messages published to other nodes.
+    pub published: AtomicU64,
+    /// Messages received from other nodes.
+    pub received: AtomicU64,
+    /// Publishes dropped while Redis was unreachable.
+    pub dropped: AtomicU64,
+    /// Messages from other nodes dropped because a shard's ring stayed full.
+    pub ring_dropped: AtomicU64,
+    /// Successful (re)connections.
+    pub connects: AtomicU64,
+    /// 1 while both connections are up.
+    pub up: AtomicU64,
+    /// Set once every shard has stopped: finish what is queued, then end the thread.
+    pub stop: std::sync::atomic::AtomicBool,
+}
+
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Starts the bridge thread. `links` is the bridge's place in the mesh (index `shards`).
+pub fn spawn(
+    config: Arc<Config>,
+    apps: Arc<AppTable>,
+    node: u32,
+    links: (Outbox, Inbox),
+    stats: Arc<BridgeStats>,
+    webhooks: Webhooks,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("corecast-redis".into())
+        .spawn(move || {
+            let (outbox, inbox) = links;
+            let bridge = Rc::new(Bridge {
+                opts: RedisOptions {
+                    host: config.redis.host.clone(),
+                    port: config.redis.port,
+                    username: config.redis.username.clone(),
+                    password: config.redis.password.clone(),
+                    db: config.redis.db,
+                    connect_timeout: Duration::from_secs(2),
+                },
+                keys: Keys::new(&config.redis.key_prefix, &config.redis.channel_prefix),
+                shards: config.shards,
+                apps,
+                node,
+                outbox: RefCell::new(outbox),
+                stats,
+                alive: RefCell::new(Vec::new()),
+                sub_up: Cell::new(false),
+                mine: RefCell::new(AHashSet::new()),
+                webhooks,
+            });
+            let run = move || async move {
+                monoio::spawn(subscriber_loop(Rc::clone(&bridge)));
+                command_loop(bridge, inbox).await;
+            };
+            match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .enable_timer()
+                .build()
+            {
+                Ok(mut rt) => rt.block_on(run()),
+                Err(e) => eprintln!("corecast: redis bridge could not start a runtime: {e}"),
+            }
+        })
+}
+
+struct Bridge {
+    apps: Arc<AppTable>,
+    node: u32,
+    shards: usize,
+    opts: RedisOptions,
+    keys: Keys,
+    outbox: RefCell<Outbox>,
+    stats: Arc<BridgeStats>,
+    /// Other nodes seen alive at the last heartbeat.
+    alive: RefCell<Vec<u32>>,
+    /// The pub/sub connection is subscribed.
+    sub_up: Cell<bool>,
+    /// This node's presence entries as last written to Redis, to tell after a Redis
+    /// restart who left meanwhile.
+    mine: RefCell<AHashSet<String>>,
+    /// Cluster-wide webhooks (occupancy, members) are sent by the node that decides them.
+    webhooks: Webhooks,
+}
+
+/// A resync in progress: rosters and counts collected from the shards.
+#[derive(Default)]
+struct Resync {
+    waiting: usize,
+    deadline: Option<Instant>,
+    members: Vec<RosterEntry>,
+    channels: Vec<(AppIdx, Arc<str>, u64)>,
+}
+
+impl Bridge {
+    fn to_shard(&self, shard: usize, envelope: Envelope) {
+        if self.outbox.borrow_mut().push(shard, envelope).is_err() {
+            bump(&self.stats.dropped, 1);
+        }
+    }
+
+    fn to_all_shards(&self, make: impl Fn() -> Envelope) {
+        for s in 0..self.shards {
+            self.to_shard(s, make());
+        }
+    }
+
+    /// Hands an envelope from another node to every shard, waiting while a shard's ring
+    /// is full (backpressure: the pub/sub socket is not read meanwhile). Only a ring that
+    /// stays full for [`RING_PATIENCE`] drops the envelope, counted.
+    async fn to_all_shards_waiting(&self, make: impl Fn() -> Envelope) {
+        for s in 0..self.shards {
+            let mut envelope = make();
+            let deadline = Instant::now() + RING_PATIENCE;
+            loop {
+                match self.outbox.borrow_mut().push(s, envelope) {
+                    Ok(()) => break,
+                    Err(back) => envelope = back,
+                }
+                if Instant::now() >= deadline {
+                    bump(&self.stats.ring_dropped, 1);
+                    break;
+                }
+                monoio::time::sleep(Duration::from_micros(200)).await;
+            }
+        }
+    }
+
+    fn app_id(&self, app: AppIdx) -> &str {
+        &self.apps.get(app).id
+    }
+
+    /// Delivers a frame on this node and publishes it to the others.
+    fn announce(
+        &self,
+        app: AppIdx,
+        channel: &Arc<str>,
+        frame: Bytes,
+        except: Option<crate::protocol::SocketId>,
+        out: &mut Vec<Vec<Bytes>>,
+    ) {
+        let at = Instant::now();
+        self.to_all_shards(|| Envelope::Publish {
+            app,
+            channel: Arc::clone(channel),
+            frame: frame.clone(),
+            except,
+            cache: false,
+            at,
+        });
+        out.push(self.publish_cmd(&Message::Publish {
+            node: self.node,
+            app_id: self.app_id(app).to_owned(),
+            channel: channel.to_string(),
+            except,
+            cache: false,
+            frame,
+        }));
+    }
+
+    fn publish_cmd(&self, message: &Message) -> Vec<Bytes> {
+        vec![
+            Bytes::from_static(b"PUBLISH"),
+            Bytes::from(self.keys.broadcast.clone()),
+            message.encode(),
+        ]
+    }
+}
+
+/// Takes envelopes from the shards and talks to Redis; reconnects with backoff.
+async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
+    let mut conn: Option<Connection> = None;
+    let mut backoff = Backoff::new(Duration::from_secs(5));
+    let mut retry_at = Instant::now();
+    let mut next_beat = Instant::now();
+    let mut resync: Option<Resync> = None;
+    let mut deltas: AHashMap<(AppIdx, Arc<str>), i64> = AHashMap::new();
+    let mut was_up = false;
+    let mut bell = crate::fanout::Bell::default();
+    loop {
+        let wake = next_beat.min(retry_at).max(Instant::now());
+        let _ = monoio::time::timeout(wake - Instant::now(), inbox.ready(&mut bell)).await;
+        if conn.is_none() && Instant::now() >= retry_at {
+            match Connection::connect(&bridge.opts).await {
+                Ok(c) => {
+                    conn = Some(c);
+                    backoff.reset();
+                    bump(&bridge.stats.connects, 1);
+                    eprintln!(
+                        "corecast: redis connected at {}:{}",
+                        bridge.opts.host, bridge.opts.port
+                    );
+                    was_up = true;
+                    // Ask every shard for its rosters and counts to rebuild what Redis
+                    // may have lost.
+                    bridge.to_all_shards(|| Envelope::RosterDump);
+                    resync = Some(Resync {
+                        waiting: bridge.shards,
+                        deadline: Some(Instant::now() + Duration::from_secs(2)),
+                        ..Resync::default()
+                    });
+                    deltas.clear();
+                }
+                Err(e) => {
+                    if was_up {
+                        eprintln!("corecast: redis unreachable ({e}); retrying with backoff");
+                        was_up = false;
+                    }
+                    retry_at = Instant::now() + backoff.next_delay();
+                }
+            }
+        }
+        bridge.stats.up.store(
+            u64::from(conn.is_some() && bridge.sub_up.get()),
+            Ordering::Relaxed,
+        );
+        let mut batch = Vec::new();
+        inbox.drain(BATCH, |e| batch.push(e));
+        if batch.is_empty() && bridge.stats.stop.load(Ordering::Acquire) && inbox.depth() == 0 {
+            return;
+        }
+        let mut cmds: Vec<Vec<Bytes>> = Vec::new();
+        for envelope in batch {
+            match (&mut conn, envelope) {
+                (_, Envelope::RosterEntries { members, channels }) => {
+                    if let Some(r) = resync.as_mut() {
+                        r.members.extend(members);
+                        r.channels.extend(channels);
+                        r.waiting = r.waiting.saturating_sub(1);
+                    }
+                }
+                (
+                    _,
+                    Envelope::SubscriptionDelta {
+                        app,
+                        channel,
+                        delta,
+                    },
+                ) => {
+                    *deltas.entry((app, channel)).or_insert(0) += i64::from(delta);
+                }
+                (None, e) => offline(&bridge, e),
+                (Some(c), e) => {
+                    if let Err(err) = online(&bridge, c, e, &mut cmds).await {
+                        eprintln!("corecast: redis command failed ({err}); reconnecting");
+                        conn = None;
+                        was_up = false;
+                        retry_at = Instant::now();
+                    }
+                }
+            }
+        }
+        if let Some(c) = conn.as_mut() {
+            if !deltas.is_empty() {
+                let key = Bytes::from(bridge.keys.node_channels(bridge.node));
+                for ((app, channel), delta) in deltas.drain() {
+                    if delta != 0 {
+                        let field = format!("{}\n{channel}", bridge.app_id(app));
+                        cmds.push(vec![
+                            Bytes::from_static(b"HINCRBY"),
+                            key.clone(),
+                            Bytes::from(field),
+                            Bytes::from(delta.to_string()),
+                        ]);
+                    }
+                }
+            }
+            let ready = resync
+                .as_ref()
+                .is_some_and(|r| r.waiting == 0 || r.deadline.is_some_and(|d| Instant::now() >= d));
+            let mut failed = flush(&bridge, c, &mut cmds).await.is_err();
+            if !failed
+                && ready
+                && let Some(r) = resync.take()
+            {
+                failed = apply_resync(&bridge, c, r).await.is_err();
+            }
+            if !failed && Instant::now() >= next_beat {
+                failed = heartbeat(&bridge, c).await.is_err();
+                next_beat = Instant::now() + HEARTBEAT;
+            }
+            if failed {
+                eprintln!("corecast: redis connection lost; reconnecting");
+                conn = None;
+                was_up = false;
+                retry_at = Instant::now();
+            }
+        } else {
+            let dropped = cmds.len() as u64;
+            bump(&bridge.stats.dropped, dropped);
+            deltas.clear();
+        }
+    }
+}
+
+/// Sends the queued simple commands in one pipeline.
+async fn flush(
+    bridge: &Bridge,
+    conn: &mut Connection,
+    cmds: &mut Vec<Vec<Bytes>>,
+) -> Result<(), RedisError> {
+    if cmds.is_empty() {
+        return Ok(());
+    }
+    let n = cmds.iter().filter(|c| c[0].as_ref() == b"PUBLISH").count() as u64;
+    let result = conn.pipeline(cmds).await;
+    cmds.clear();
+    if result.is_err() {
+        bump(&bridge.stats.dropped, n);
+    }
+    result?;
+    bump(&bridge.stats.published, n);
+    Ok(())
+}
+
+/// Redis is down: publishes are dropped and counted, presence joins are refused so no
+/// roster claims what Redis never recorded, reads answer with this node alone.
+fn offline(bridge: &Bridge, envelope: Envelope) {
+    match envelope {
+        Envelope::Publish { .. }
+        | Envelope::TerminateUser { .. }
+        | Envelope::ClusterLeave { .. } => {
+            bump(&bridge.stats.dropped, 1);
+        }
+        Envelope::ClusterJoin {
+            app,
+            channel,
+            user_id,
+            from,
+            home,
+            socket,
+            ..
+        } => {
+            let error = "Presence is unavailable while the cluster's Redis is unreachable.";
+            let refusal = subscription_error_frame(&channel, "Unavailable", error, 503);
+            bridge.to_shard(
+                home,
+                Envelope::RosterUndo {
+                    app,
+                    channel: Arc::clone(&channel),
+                    user_id: Arc::clone(&user_id),
+                },
+            );
+            bridge.to_shard(
+                from,
+                Envelope::PresenceJoined {
+                    app,
+                    channel,
+                    user_id,
+                    socket,
+                    outcome: Err(refusal),
+                },
+            );
+        }
+        Envelope::Query { from, id, .. } => {
+            bridge.to_shard(
+                from,
+                Envelope::Reply {
+                    id,
+                    reply: QueryReply::default(),
+                },
+            );
+        }
+        _ => {}
+    }
+}
+
+/// Redis is up: act on one envelope. Simple commands are queued in `cmds` (sent in one
+/// pipeline); those whose replies matter flush the queue first to keep order.
+async fn online(
+    bridge: &Bridge,
+    conn: &mut Connection,
+    envelope: Envelope,
+    cmds: &mut Vec<Vec<Bytes>>,
+) -> Result<(), RedisError> {
+    match envelope {
+        Envelope::Publish {
+            app,
+            channel,
+            frame,
+            except,
+            cache,
+            ..
+        } => {
+            cmds.push(bridge.publish_cmd(&Message::Publish {
+                node: bridge.node,
+                app_id: bridge.app_id(app).to_owned(),
+                channel: channel.to_string(),
+                except,
+                cache,
+                frame,
+            }));
+        }
+        Envelope::TerminateUser { app, user_id } => {
+            cmds.push(bridge.publish_cmd(&Message::Terminate {
+                node: bridge.node,
+                app_id: bridge.app_id(app).to_owned(),
+                user_id: user_id.to_string(),
+            }));
+        }
+        Envelope::ClusterJoin {
+            app,
+            channel,
+            user_id,
+            user_info,
+            new_on_node,
+            from,
+            home,
+            socket,
+        } => {
+            flush(bridge, conn, cmds).await?;
+            let joined = join(
+                bridge,
+                conn,
+                app,
+                &channel,
+                &user_id,
+                &user_info,
+                new_on_node,
+                socket,
+                from,
+                home,
+                cmds,
+            )
+            .await;
+            if let Err(e) = joined {
+                // The socket is waiting for an answer: refuse it as if Redis were down.
+                offline(
+                    bridge,
+                    Envelope::ClusterJoin {
+                        app,
+                        channel,
+                        user_id,
+                        user_info,
+                        new_on_node,
+                        from,
+                        home,
+                        socket,
+                    },
+                );
+                return Err(e);
+            }
+        }
+        Envelope::ClusterLeave {
+            app,
+            channel,
+            user_id,
+        } => {
+            flush(bridge, conn, cmds).await?;
+            leave(bridge, conn, bridge.node, app, &channel, &user_id, cmds).await?;
+        }
+        Envelope::Query {
+            from,
+            id,
+            app,
+            query,
+        } => {
+            flush(bridge, conn, cmds).await?;
+            let reply = read(bridge, conn, app, &query).await?;
+            bridge.to_shard(from, Envelope::Reply { id, reply });
+        }
+        Envelope::Occupancy {
+            app,
+            channel,
+            delta,
+        } => {
+            flush(bridge, conn, cmds).await?;
+            occupy(bridge, conn, bridge.node, app, &channel, delta, true).await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
