@@ -265,6 +265,18 @@ impl Outbox {
             .filter_map(|(i, t)| t.as_ref().map(|_| i))
     }
 
+    /// The fewest free slots in any ring this outbox feeds (room for that many
+    /// broadcasts).
+    #[must_use]
+    pub fn min_free(&self) -> usize {
+        self.targets
+            .iter()
+            .flatten()
+            .map(|(p, _)| p.slots())
+            .min()
+            .unwrap_or(usize::MAX)
+    }
+
     /// Pushes `envelope` towards shard `to` and wakes it if it sleeps. A full ring hands
     /// the envelope back: the caller decides whether to wait or to drop and count.
     pub fn push(&mut self, to: usize, envelope: Envelope) -> Result<(), Envelope> {

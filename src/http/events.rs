@@ -41,6 +41,9 @@ pub async fn trigger(shard: &Rc<Shard>, app_idx: AppIdx, body: &mut [u8]) -> Res
     if let Err(resp) = admit(shard, app_idx, event.channels.len()) {
         return resp;
     }
+    if let Err(resp) = room(shard, event.channels.len()).await {
+        return resp;
+    }
     publish(shard, app_idx, &event);
     shard.flush_dirty();
     let Some(info) = event.info else {
@@ -54,6 +57,20 @@ pub async fn trigger(shard: &Rc<Shard>, app_idx: AppIdx, body: &mut [u8]) -> Res
         );
     }
     Response::json(200, serde_json::json!({ "channels": channels }).to_string())
+}
+
+/// Backpressure: waits until every ring towards the other shards (and the redis bridge)
+/// has room for `envelopes`, so a publish is never dropped between shards; a ring that
+/// stays full answers 503 and the client may retry.
+async fn room(shard: &Shard, envelopes: usize) -> Result<(), Response> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while shard.outbox.borrow().min_free() < envelopes {
+        if std::time::Instant::now() >= deadline {
+            return Err(error(503, "The server is overloaded; retry the publish."));
+        }
+        monoio::time::sleep(std::time::Duration::from_micros(200)).await;
+    }
+    Ok(())
 }
 
 /// `max_backend_events_per_sec`: one point per channel an event goes to, as Soketi counts.
@@ -118,6 +135,9 @@ pub async fn trigger_batch(shard: &Rc<Shard>, app_idx: AppIdx, body: &mut [u8]) 
     }
     let points = events.iter().map(|e| e.channels.len()).sum();
     if let Err(resp) = admit(shard, app_idx, points) {
+        return resp;
+    }
+    if let Err(resp) = room(shard, points).await {
         return resp;
     }
     for event in &events {
