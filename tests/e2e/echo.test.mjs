@@ -13,7 +13,7 @@ import { APP, cleanup, connected, restClient, startServer, withTimeout } from '.
 import { signer, sleep } from './protocol-helpers.mjs';
 
 /** Resolves with the first call's argument of a callback-style Echo API; rejects after `ms`. */
-function nextCall(register, label, ms = 5_000) {
+function nextCall(register, label, ms = 10_000) {
   return withTimeout(new Promise((resolve) => register(resolve)), ms, label);
 }
 

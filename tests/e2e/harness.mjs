@@ -67,7 +67,7 @@ export function withTimeout(promise, ms, label) {
 }
 
 /** Polls `conditionFn` (sync or async) until it returns truthy; rejects after `timeoutMs`. */
-export async function waitFor(conditionFn, timeoutMs = 5_000, label = 'condition', intervalMs = 20) {
+export async function waitFor(conditionFn, timeoutMs = 10_000, label = 'condition', intervalMs = 20) {
   const deadline = Date.now() + timeoutMs;
   let lastError;
   for (;;) {
@@ -89,7 +89,7 @@ export async function waitFor(conditionFn, timeoutMs = 5_000, label = 'condition
  * Resolves with the data of the next `event` emitted by a pusher-js channel, connection
  * or client (anything with bind/unbind); rejects after `timeoutMs`.
  */
-export function once(target, event, timeoutMs = 5_000) {
+export function once(target, event, timeoutMs = 10_000) {
   let handler;
   const fired = new Promise((resolve) => {
     handler = (data) => resolve(data);
@@ -201,13 +201,13 @@ export function pusherClient(port, opts = {}) {
 }
 
 /** Resolves once a pusher-js client is `connected`; rejects after `timeoutMs`. */
-export function connected(client, timeoutMs = 5_000) {
+export function connected(client, timeoutMs = 10_000) {
   if (client.connection.state === 'connected') return Promise.resolve(client);
   return once(client.connection, 'connected', timeoutMs).then(() => client);
 }
 
 /** Subscribes a pusher-js client to `name` and resolves with the channel once the server confirms. */
-export async function subscribe(client, name, timeoutMs = 5_000) {
+export async function subscribe(client, name, timeoutMs = 10_000) {
   const channel = client.subscribe(name);
   if (!channel.subscribed) await once(channel, 'pusher:subscription_succeeded', timeoutMs);
   return channel;
@@ -310,7 +310,7 @@ export function rawWs(port, pathAndQuery) {
   });
   opened.catch(() => {});
 
-  function next(predicate = () => true, timeoutMs = 5_000, label = 'message') {
+  function next(predicate = () => true, timeoutMs = 10_000, label = 'message') {
     let waiter;
     const found = new Promise((resolve, reject) => {
       waiter = {
@@ -342,7 +342,7 @@ export function rawWs(port, pathAndQuery) {
     closed,
     next,
     /** Resolves with the next message whose `event` is `event` (and `channel`, if given). */
-    nextEvent(event, channel, timeoutMs = 5_000) {
+    nextEvent(event, channel, timeoutMs = 10_000) {
       return next((m) => m.event === event && (channel === undefined || m.channel === channel), timeoutMs, `event ${event}`);
     },
     send(obj) {
@@ -354,7 +354,7 @@ export function rawWs(port, pathAndQuery) {
 }
 
 /** Opens a raw protocol-7 connection to the default app and waits for `connection_established`. */
-export async function rawPusher(port, timeoutMs = 5_000) {
+export async function rawPusher(port, timeoutMs = 10_000) {
   const client = rawWs(port, `/app/${APP.key}?protocol=7&client=js&version=8.6.0&flash=false`);
   const established = await client.nextEvent('pusher:connection_established', undefined, timeoutMs);
   client.established = JSON.parse(established.data);
