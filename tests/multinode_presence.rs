@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::wait_event;
+
 use std::collections::BTreeSet;
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};
@@ -77,37 +79,6 @@ fn frames_for(ws: &mut Ws, dur: Duration) -> Vec<Value> {
             Ok(_) => {}
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(_) => return out,
-        }
-    }
-}
-
-/// Reads until a text frame matches `pred` (within `dur`): `Ok(frame)`, or `Err(all seen)`.
-fn wait_event(
-    ws: &mut Ws,
-    dur: Duration,
-    pred: impl Fn(&Value) -> bool,
-) -> Result<Value, Vec<Value>> {
-    let deadline = Instant::now() + dur;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(seen);
-        }
-        ws.stream
-            .set_read_timeout(Some(left.min(Duration::from_millis(100))))
-            .expect("timeout");
-        match ws.try_read_frame() {
-            Ok(f) if f.opcode == 1 => {
-                let v = f.json();
-                if pred(&v) {
-                    return Ok(v);
-                }
-                seen.push(v);
-            }
-            Ok(f) => seen.push(json!({"non_text_frame": f.opcode, "close": f.close_code()})),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => return Err(seen),
         }
     }
 }

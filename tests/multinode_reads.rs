@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::io::ErrorKind;
+use common::{frames_for, user_ids, wait_event};
+
 use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
@@ -102,45 +103,6 @@ fn poll(mut read: impl FnMut() -> Value, ok: impl Fn(&Value) -> bool) -> (Value,
     }
 }
 
-/// Reads until a text frame matches `pred` (within `dur`): `Ok(frame)`, or `Err(all seen)`.
-fn wait_event(
-    ws: &mut Ws,
-    dur: Duration,
-    pred: impl Fn(&Value) -> bool,
-) -> Result<Value, Vec<Value>> {
-    let deadline = Instant::now() + dur;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(seen);
-        }
-        ws.stream
-            .set_read_timeout(Some(left.min(Duration::from_millis(100))))
-            .expect("timeout");
-        match ws.try_read_frame() {
-            Ok(f) if f.opcode == 1 => {
-                let v = f.json();
-                if pred(&v) {
-                    return Ok(v);
-                }
-                seen.push(v);
-            }
-            Ok(f) => seen.push(json!({"non_text_frame": f.opcode, "close": f.close_code()})),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => return Err(seen),
-        }
-    }
-}
-
-/// Reads text frames for `dur` (or until the stream ends) and returns them.
-fn frames_for(ws: &mut Ws, dur: Duration) -> Vec<Value> {
-    match wait_event(ws, dur, |_| false) {
-        Ok(_) => unreachable!("the predicate never matches"),
-        Err(seen) => seen,
-    }
-}
-
 /// Joins a presence channel as `user`.
 fn join(ws: &mut Ws, socket_id: &str, channel: &str, user: &str) {
     let data = json!({"user_id": user, "user_info": {"name": user}}).to_string();
@@ -179,19 +141,6 @@ fn channel_names(v: &Value) -> Vec<String> {
         .as_object()
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default()
-}
-
-fn user_ids(v: &Value) -> Vec<String> {
-    let mut ids: Vec<String> = v["users"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|u| u["id"].as_str().unwrap_or("?").to_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    ids.sort();
-    ids
 }
 
 #[test]

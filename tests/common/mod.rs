@@ -5,10 +5,12 @@
 pub mod redis_server;
 pub mod rest;
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
 
 /// A server process, killed on drop.
 pub struct Server {
@@ -322,4 +324,56 @@ fn parse_server_frame(buf: &[u8]) -> Option<(Frame, usize)> {
         payload: buf[start..start + len].to_vec(),
     };
     Some((frame, start + len))
+}
+
+/// Reads until a text frame matches `pred` (within `dur`): `Ok(frame)`, or `Err(all seen)`.
+pub fn wait_event(
+    ws: &mut Ws,
+    dur: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Result<Value, Vec<Value>> {
+    let deadline = Instant::now() + dur;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(seen);
+        }
+        ws.stream
+            .set_read_timeout(Some(left.min(Duration::from_millis(100))))
+            .expect("timeout");
+        match ws.try_read_frame() {
+            Ok(f) if f.opcode == 1 => {
+                let v = f.json();
+                if pred(&v) {
+                    return Ok(v);
+                }
+                seen.push(v);
+            }
+            Ok(f) => seen.push(json!({"non_text_frame": f.opcode, "close": f.close_code()})),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return Err(seen),
+        }
+    }
+}
+
+/// Reads text frames for `dur` (or until the stream ends) and returns them.
+pub fn frames_for(ws: &mut Ws, dur: Duration) -> Vec<Value> {
+    match wait_event(ws, dur, |_| false) {
+        Ok(_) => unreachable!("the predicate never matches"),
+        Err(seen) => seen,
+    }
+}
+
+pub fn user_ids(v: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = v["users"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|u| u["id"].as_str().unwrap_or("?").to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
 }
