@@ -98,10 +98,26 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// `path` without the configured `SOKETI_PATH_PREFIX` (Soketi mounts every route under
+/// it); `None` when a prefix is set and `path` is outside it.
+#[must_use]
+pub fn route_path<'p>(prefix: &str, path: &'p str) -> Option<&'p str> {
+    let prefix = prefix.trim_end_matches('/');
+    if prefix.is_empty() {
+        return Some(path);
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) if rest.starts_with('/') => Some(rest),
+        Some("") => Some("/"),
+        _ => None,
+    }
+}
+
 /// The app a REST path names (`/apps/{id}/...`), for per-app HTTP metrics.
 #[must_use]
 pub fn app_of(apps: &crate::app::AppTable, head: &RequestHead) -> Option<crate::app::AppIdx> {
-    let rest = head.uri.path().strip_prefix("/apps/")?;
+    let path = head.uri.path();
+    let rest = &path[path.find("/apps/")? + "/apps/".len()..];
     let id = rest.split('/').next()?;
     apps.by_id(id).map(|(idx, _)| idx)
 }
@@ -156,7 +172,12 @@ pub fn body_length(head: &RequestHead, max: usize) -> Result<usize, Response> {
 /// Routes one request (not an upgrade) and returns its response. Publishing queues frames
 /// on the shard and flushes them before any wait.
 pub async fn handle(shard: &Rc<Shard>, head: &RequestHead, body: &mut BytesMut) -> Response {
-    let path = head.uri.path();
+    let signed_path = head.uri.path();
+    // Health checks answer with or without the prefix, for load balancers.
+    let path = route_path(&shard.config.path_prefix, signed_path).unwrap_or(match signed_path {
+        "/" | "/ready" => signed_path,
+        _ => "",
+    });
     match (path, &head.method) {
         ("/ready", &Method::GET) if shard.shutting_down() => {
             return Response::text(503, "Shutting down");
@@ -180,7 +201,7 @@ pub async fn handle(shard: &Rc<Shard>, head: &RequestHead, body: &mut BytesMut) 
         &app.key,
         &app.secret,
         head.method.as_str(),
-        path,
+        signed_path,
         &query,
         body,
         now,
@@ -233,4 +254,22 @@ fn decode(segment: &str) -> String {
         .pop()
         .map(|(_, v)| v)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_path;
+
+    #[test]
+    fn path_prefix_is_stripped_only_when_it_matches() {
+        assert_eq!(route_path("", "/apps/a/events"), Some("/apps/a/events"));
+        assert_eq!(
+            route_path("/ws", "/ws/apps/a/events"),
+            Some("/apps/a/events")
+        );
+        assert_eq!(route_path("/ws/", "/ws/app/key"), Some("/app/key"));
+        assert_eq!(route_path("/ws", "/ws"), Some("/"));
+        assert_eq!(route_path("/ws", "/wsx/app/key"), None);
+        assert_eq!(route_path("/ws", "/apps/a/events"), None);
+    }
 }

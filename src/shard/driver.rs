@@ -177,10 +177,8 @@ async fn respond(link: &mut Link, resp: &Response, keep_alive: bool) -> std::io:
 /// Completes the WebSocket handshake, checks app and protocol version, then runs the
 /// Pusher session until the socket closes.
 async fn upgrade(shard: Rc<Shard>, mut link: Link, head: RequestHead) {
-    let Some(key) = head
-        .uri
-        .path()
-        .strip_prefix("/app/")
+    let Some(key) = http::route_path(&shard.config.path_prefix, head.uri.path())
+        .and_then(|p| p.strip_prefix("/app/"))
         .filter(|k| !k.is_empty() && !k.contains('/'))
         .map(str::to_owned)
     else {
