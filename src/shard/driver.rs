@@ -156,6 +156,15 @@ pub(super) async fn handle_connection(shard: Rc<Shard>, stream: TcpStream) {
         shard.flush_dirty();
         let keep_alive = keep_alive && !shard.shutting_down();
         let bytes = resp.encode(keep_alive);
+        if shard.config.debug {
+            eprintln!(
+                "corecast: shard {} {} {} -> {}",
+                shard.id,
+                head.method,
+                head.uri.path(),
+                resp.status
+            );
+        }
         let app = http::app_of(&shard.apps, &head).map(|a| a.0 as usize);
         shard
             .metrics
@@ -246,6 +255,13 @@ async fn upgrade(shard: Rc<Shard>, mut link: Link, head: RequestHead) {
         client_events: (now, 0),
         tls,
     });
+    if shard.config.debug {
+        eprintln!(
+            "corecast: shard {} connection {socket_id} opened (app {})",
+            shard.id,
+            shard.apps.get(app).id
+        );
+    }
     shard.metrics.inc_new_connection(app.0 as usize);
     shard.metrics.add_connected(app.0 as usize, 1);
     let timeout = shard.config.activity_timeout.as_secs();

@@ -166,6 +166,12 @@ pub(super) fn cleanup(shard: &Shard, key: ConnKey) {
     let Some(c) = shard.conns.borrow_mut().try_remove(key) else {
         return;
     };
+    if shard.config.debug {
+        eprintln!(
+            "corecast: shard {} connection {} closed",
+            shard.id, c.socket_id
+        );
+    }
     shard.server.connections.release();
     shard.apps.usage(c.app).connections.release();
     shard.metrics.inc_disconnection(c.app.0 as usize);
