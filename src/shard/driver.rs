@@ -28,6 +28,16 @@ use crate::ws::{self, close_frame};
 
 /// Largest request head accepted; larger gets 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// How long an HTTP connection may sit idle or trickle a request before it is closed, so
+/// idle keep-alive and slowloris sockets do not pile up.
+const HTTP_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `read_more` bounded by [`HTTP_IDLE`]; false on timeout too.
+async fn read_within(link: &mut Link, shard: &Shard, buf: &mut BytesMut) -> bool {
+    monoio::time::timeout(HTTP_IDLE, link.read_more(shard, buf))
+        .await
+        .unwrap_or(false)
+}
 
 /// The socket of a connection in its HTTP phase, with TLS when the server has it.
 struct Link {
@@ -114,7 +124,7 @@ pub(super) async fn handle_connection(shard: Rc<Shard>, stream: TcpStream) {
                     .await;
                     return;
                 }
-                if !link.read_more(&shard, &mut buf).await {
+                if !read_within(&mut link, &shard, &mut buf).await {
                     return;
                 }
                 continue;
@@ -144,7 +154,7 @@ pub(super) async fn handle_connection(shard: Rc<Shard>, stream: TcpStream) {
             }
         };
         while buf.len() < len {
-            if !link.read_more(&shard, &mut buf).await {
+            if !read_within(&mut link, &shard, &mut buf).await {
                 return;
             }
         }
