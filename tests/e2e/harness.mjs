@@ -314,15 +314,21 @@ export function rawWs(port, pathAndQuery) {
     let waiter;
     const found = new Promise((resolve, reject) => {
       waiter = {
+        done: false,
         check() {
+          // A settled waiter stays in the set until its `finally` runs; it must not take
+          // (and so hide) a message meant for the next waiter meanwhile.
+          if (waiter.done) return;
           for (let i = 0; i < messages.length; i++) {
             if (!consumed.has(i) && predicate(messages[i])) {
               consumed.add(i);
+              waiter.done = true;
               resolve(messages[i]);
               return;
             }
           }
           if (closeInfo) {
+            waiter.done = true;
             reject(new Error(`connection closed (${closeInfo.code}) before ${label}; received: ${JSON.stringify(messages)}`));
           }
         },
