@@ -160,8 +160,12 @@ describe('Laravel Echo 2 over 2 shards', { timeout: 60_000 }, () => {
     const b = await echo();
     const chA = a.private('whispers');
     const chB = b.private('whispers');
-    await subscribed(chA, 'a private-whispers');
-    await subscribed(chB, 'b private-whispers');
+    // Both listeners go on before either wait: Echo's subscribed() only hears a later
+    // subscription_succeeded, and b's may arrive while a's is awaited.
+    const okA = subscribed(chA, 'a private-whispers');
+    const okB = subscribed(chB, 'b private-whispers');
+    await okA;
+    await okB;
     const heard = nextCall((cb) => chA.listenForWhisper('typing', cb), 'listenForWhisper(typing)');
     const echoed = [];
     chB.listenForWhisper('typing', (d) => echoed.push(d));
