@@ -104,9 +104,9 @@ export function once(target, event, timeoutMs = 10_000) {
  * `GET /ready` to answer 200. Inherited SOKETI_* and CORECAST_* variables are dropped so
  * the server runs on its documented defaults plus `env`.
  */
-export async function startServer({ shards = 2, env = {} } = {}) {
+export async function startServer({ shards = 2, env = {}, port: fixedPort } = {}) {
   const bin = process.env.CORECAST_BIN || path.join(REPO_ROOT, 'target', 'debug', 'corecast');
-  const port = await freePort();
+  const port = fixedPort ?? (await freePort());
   const metricsPort = await freePort();
 
   const childEnv = {};
@@ -134,18 +134,25 @@ export async function startServer({ shards = 2, env = {} } = {}) {
   let exitInfo = null;
   const exited = new Promise((resolve) => {
     proc.on('exit', (code, signal) => {
-      exitInfo = { code, signal };
+      exitInfo = { code, signal, at: Date.now() };
+      liveServers.delete(server);
       resolve(exitInfo);
     });
     proc.on('error', (err) => {
-      exitInfo = { code: null, signal: null, error: err };
+      exitInfo = { code: null, signal: null, error: err, at: Date.now() };
+      liveServers.delete(server);
       resolve(exitInfo);
     });
   });
 
   const server = {
     port,
+    /** The metrics listener's port (serving only with SOKETI_METRICS_ENABLED). */
+    metricsPort,
     proc,
+    /** Resolves with `{ code, signal, at }` when the process exits. */
+    exited,
+    exitInfo: () => exitInfo,
     /** The last 64 KiB of the server's stdout and stderr. */
     log: () => log,
     /** Sends SIGTERM, then SIGKILL after 3 s; resolves once the process is gone. */

@@ -4,13 +4,11 @@
 // port, a server started with metrics on a known port, and a server spawned on a GIVEN port
 // (the harness always picks a fresh one; the shutdown suite restarts on the same port).
 
-import { spawn } from 'node:child_process';
 import http from 'node:http';
-import path from 'node:path';
 
 import PusherServer from 'pusher';
 
-import { APP, REPO_ROOT, freePort, sleep, startServer, waitFor, withTimeout } from './harness.mjs';
+import { APP, freePort, sleep, startServer, waitFor } from './harness.mjs';
 
 // ---------------------------------------------------------------------------
 // Webhook receiver
@@ -228,93 +226,13 @@ export async function startWithMetrics({ shards = 2, env = {} } = {}) {
 // A server on a given port (for restarting on the same port)
 // ---------------------------------------------------------------------------
 
-const spawned = new Set();
-process.on('exit', () => {
-  for (const s of spawned) {
-    try {
-      s.proc.kill('SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
-});
-
 /**
- * Spawns `corecast start` on `port` (the harness picks its own port, so it cannot restart
- * a server on the same one) and waits for `GET /ready` 200. The object mirrors the
- * harness's: `port`, `proc`, `log()`, `stop()`, plus `exited` (a promise of
- * `{ code, signal, at }`) and `exitInfo()`.
+ * Starts `corecast start` on a GIVEN `port` (to restart a server on the same port) and
+ * waits for `GET /ready` 200: the harness's server object (`port`, `metricsPort`, `proc`,
+ * `exited`, `exitInfo()`, `log()`, `stop()`).
  */
-export async function spawnServerOn({ port, shards = 2, env = {}, readyTimeoutMs = 10_000 }) {
-  const bin = process.env.CORECAST_BIN || path.join(REPO_ROOT, 'target', 'debug', 'corecast');
-  const metricsPort = await freePort();
-  const childEnv = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (!k.startsWith('SOKETI_') && !k.startsWith('CORECAST_')) childEnv[k] = v;
-  }
-  Object.assign(childEnv, {
-    SOKETI_PORT: String(port),
-    SOKETI_METRICS_SERVER_PORT: String(metricsPort),
-    CORECAST_SHARDS: String(shards),
-    ...env,
-  });
-  const proc = spawn(bin, ['start'], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
-  let log = '';
-  const keep = (chunk) => {
-    log += chunk.toString();
-    if (log.length > 64 * 1024) log = log.slice(-64 * 1024);
-    if (process.env.CORECAST_E2E_LOG) process.stderr.write(chunk);
-  };
-  proc.stdout.on('data', keep);
-  proc.stderr.on('data', keep);
-  let exitInfo = null;
-  const exited = new Promise((resolve) => {
-    proc.on('exit', (code, signal) => {
-      exitInfo = { code, signal, at: Date.now() };
-      spawned.delete(server);
-      resolve(exitInfo);
-    });
-    proc.on('error', (error) => {
-      exitInfo = { code: null, signal: null, error, at: Date.now() };
-      spawned.delete(server);
-      resolve(exitInfo);
-    });
-  });
-  const server = {
-    port,
-    metricsPort,
-    proc,
-    exited,
-    exitInfo: () => exitInfo,
-    log: () => log,
-    async stop() {
-      if (exitInfo) return exitInfo;
-      proc.kill('SIGTERM');
-      const graceful = await withTimeout(exited, 3_000, 'graceful exit').catch(() => null);
-      if (graceful) return graceful;
-      proc.kill('SIGKILL');
-      return exited;
-    },
-  };
-  spawned.add(server);
-  const deadline = Date.now() + readyTimeoutMs;
-  for (;;) {
-    if (exitInfo) {
-      throw new Error(`corecast on port ${port} exited with ${JSON.stringify(exitInfo)} before /ready answered 200.\n--- server output ---\n${log}`);
-    }
-    try {
-      const res = await fetch(`http://127.0.0.1:${port}/ready`, { signal: AbortSignal.timeout(1_000) });
-      await res.arrayBuffer();
-      if (res.status === 200) return server;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() >= deadline) {
-      await server.stop();
-      throw new Error(`corecast on port ${port} did not answer 200 on /ready within ${readyTimeoutMs} ms.\n--- server output ---\n${log}`);
-    }
-    await sleep(50);
-  }
+export function spawnServerOn({ port, shards = 2, env = {} }) {
+  return startServer({ port, shards, env });
 }
 
 /** Waits until `Date.now()` is within the first `ms` of a wall-clock second (rate windows are per second). */
