@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{frames_for, user_ids, wait_event};
+use common::{frames_for, join_presence, user_ids, wait_event};
 
 use std::time::{Duration, Instant};
 
@@ -142,22 +142,6 @@ fn signed_get(port: u16, path: &str) -> (u16, Value) {
     )
     .expect("http");
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
-}
-
-/// Joins a presence channel as `user`.
-fn join(ws: &mut Ws, socket_id: &str, channel: &str, user: &str) {
-    let data = json!({"user_id": user, "user_info": {"name": user}}).to_string();
-    let auth = format!(
-        "{KEY}:{}",
-        hmac_hex(SECRET, &format!("{socket_id}:{channel}:{data}"))
-    );
-    ws.send_json(json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth, "channel_data": data}}));
-    let reply = wait_event(ws, Duration::from_secs(5), |v| v["channel"] == channel)
-        .unwrap_or_else(|seen| panic!("{user} got no answer joining {channel}: {seen:?}"));
-    assert_eq!(
-        reply["event"], "pusher_internal:subscription_succeeded",
-        "{reply}"
-    );
 }
 
 #[test]
@@ -319,7 +303,7 @@ fn presence_rosters_are_rebuilt_after_redis_restarts_without_users_who_left_mean
         (&b, "goer-b"),
     ] {
         let (mut ws, id) = Ws::pusher(server.port);
-        join(&mut ws, &id, channel, user);
+        join_presence(&mut ws, &id, channel, user);
         socks.push(ws);
     }
     let all = vec!["goer-a", "goer-b", "stay-a", "stay-b"];
@@ -387,13 +371,13 @@ fn members_who_left_during_the_outage_are_announced_removed_on_both_nodes_after_
     link(&a, &b);
     let channel = "presence-announce";
     let (mut watch_a, id) = Ws::pusher(a.port);
-    join(&mut watch_a, &id, channel, "watch-a");
+    join_presence(&mut watch_a, &id, channel, "watch-a");
     let (mut watch_b, id) = Ws::pusher(b.port);
-    join(&mut watch_b, &id, channel, "watch-b");
+    join_presence(&mut watch_b, &id, channel, "watch-b");
     let (mut goer_a, id) = Ws::pusher(a.port);
-    join(&mut goer_a, &id, channel, "goer-a");
+    join_presence(&mut goer_a, &id, channel, "goer-a");
     let (mut goer_b, id) = Ws::pusher(b.port);
-    join(&mut goer_b, &id, channel, "goer-b");
+    join_presence(&mut goer_b, &id, channel, "goer-b");
     // Both watchers saw every later member arrive.
     let seen_a = frames_for(&mut watch_a, Duration::from_millis(1000));
     let seen_b = frames_for(&mut watch_b, Duration::from_millis(200));

@@ -12,8 +12,8 @@ use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
-use common::rest::{KEY, SECRET, hmac_hex, post};
-use common::{Server, Ws, start};
+use common::rest::{KEY, SECRET, hmac_hex};
+use common::{Server, Ws, start, wait_linked};
 use serde_json::{Value, json};
 
 /// A node with 2 shards on the redis adapter, plus `extra` environment.
@@ -26,29 +26,6 @@ fn node(redis: &RedisServer, extra: &[(&str, &str)]) -> Server {
     ];
     env.extend_from_slice(extra);
     start(2, &env)
-}
-
-/// Waits (at most 10 s) until a publish on `a` reaches a subscriber on `b`.
-fn wait_linked(a: &Server, b: &Server) {
-    let channel = format!("link-probe-{}-{}", a.port, b.port);
-    let (mut probe, _) = Ws::pusher(b.port);
-    probe.subscribe(&channel);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let body = json!({"name": "probe", "channel": channel, "data": "x"}).to_string();
-        assert_eq!(post(a.port, "/apps/app-id/events", &body).0, 200);
-        if wait_event(&mut probe, Duration::from_millis(200), |v| {
-            v["event"] == "probe"
-        })
-        .is_ok()
-        {
-            return;
-        }
-    }
-    panic!(
-        "node :{} never reached node :{} through redis",
-        a.port, b.port
-    );
 }
 
 /// Links every ordered pair of nodes.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{frames_for, user_ids, wait_event};
+use common::{frames_for, join_presence, user_ids, wait_event, wait_linked};
 
 use std::time::{Duration, Instant};
 
@@ -27,29 +27,6 @@ fn node(redis: &RedisServer) -> Server {
             ("SOKETI_DB_REDIS_PORT", &port),
         ],
     )
-}
-
-/// Waits (at most 10 s) until a publish on `a` reaches a subscriber on `b`.
-fn wait_linked(a: &Server, b: &Server) {
-    let channel = format!("link-probe-{}-{}", a.port, b.port);
-    let (mut probe, _) = Ws::pusher(b.port);
-    probe.subscribe(&channel);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let body = json!({"name": "probe", "channel": channel, "data": "x"}).to_string();
-        assert_eq!(post(a.port, "/apps/app-id/events", &body).0, 200);
-        if wait_event(&mut probe, Duration::from_millis(200), |v| {
-            v["event"] == "probe"
-        })
-        .is_ok()
-        {
-            return;
-        }
-    }
-    panic!(
-        "node :{} never reached node :{} through redis",
-        a.port, b.port
-    );
 }
 
 fn link(a: &Server, b: &Server) {
@@ -101,22 +78,6 @@ fn poll(mut read: impl FnMut() -> Value, ok: impl Fn(&Value) -> bool) -> (Value,
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Joins a presence channel as `user`.
-fn join(ws: &mut Ws, socket_id: &str, channel: &str, user: &str) {
-    let data = json!({"user_id": user, "user_info": {"name": user}}).to_string();
-    let auth = format!(
-        "{KEY}:{}",
-        hmac_hex(SECRET, &format!("{socket_id}:{channel}:{data}"))
-    );
-    ws.send_json(json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth, "channel_data": data}}));
-    let reply = wait_event(ws, Duration::from_secs(5), |v| v["channel"] == channel)
-        .unwrap_or_else(|seen| panic!("{user} got no answer joining {channel}: {seen:?}"));
-    assert_eq!(
-        reply["event"], "pusher_internal:subscription_succeeded",
-        "{reply}"
-    );
 }
 
 /// A socket on `port` signed in as `user`.
@@ -261,7 +222,7 @@ fn presence_user_count_and_users_via_either_node_list_each_user_once() {
     // u1 on both nodes, u2 on A, u3 twice on B.
     for (server, user) in [(&a, "u1"), (&b, "u1"), (&a, "u2"), (&b, "u3"), (&b, "u3")] {
         let (mut ws, id) = Ws::pusher(server.port);
-        join(&mut ws, &id, channel, user);
+        join_presence(&mut ws, &id, channel, user);
         socks.push(ws);
     }
     let show = format!("/apps/app-id/channels/{channel}");

@@ -377,3 +377,43 @@ pub fn user_ids(v: &Value) -> Vec<String> {
     ids.sort();
     ids
 }
+
+/// Waits (at most 10 s) until a publish on `a` reaches a subscriber on `b`.
+pub fn wait_linked(a: &Server, b: &Server) {
+    let channel = format!("link-probe-{}-{}", a.port, b.port);
+    let (mut probe, _) = Ws::pusher(b.port);
+    probe.subscribe(&channel);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let body = json!({"name": "probe", "channel": channel, "data": "x"}).to_string();
+        assert_eq!(rest::post(a.port, "/apps/app-id/events", &body).0, 200);
+        if wait_event(&mut probe, Duration::from_millis(200), |v| {
+            v["event"] == "probe"
+        })
+        .is_ok()
+        {
+            return;
+        }
+    }
+    panic!(
+        "node :{} never reached node :{} through redis",
+        a.port, b.port
+    );
+}
+
+/// Joins a presence channel as `user` (`user_info` `{name: user}`) and asserts it succeeded.
+pub fn join_presence(ws: &mut Ws, socket_id: &str, channel: &str, user: &str) {
+    let data = json!({"user_id": user, "user_info": {"name": user}}).to_string();
+    let auth = format!(
+        "{}:{}",
+        rest::KEY,
+        rest::hmac_hex(rest::SECRET, &format!("{socket_id}:{channel}:{data}"))
+    );
+    ws.send_json(json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth, "channel_data": data}}));
+    let reply = wait_event(ws, Duration::from_secs(5), |v| v["channel"] == channel)
+        .unwrap_or_else(|seen| panic!("{user} got no answer joining {channel}: {seen:?}"));
+    assert_eq!(
+        reply["event"], "pusher_internal:subscription_succeeded",
+        "{reply}"
+    );
+}
