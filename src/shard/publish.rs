@@ -41,20 +41,16 @@ impl Shard {
         }
         let channel: Arc<str> = Arc::from(channel);
         let at = Instant::now();
-        let mut outbox = self.outbox.borrow_mut();
-        let targets: Vec<usize> = outbox.targets().collect();
-        for to in targets {
-            let envelope = Envelope::Publish {
-                app,
-                channel: Arc::clone(&channel),
-                frame: frame.clone(),
-                except,
-                cache,
-                at,
-            };
-            if outbox.push(to, envelope).is_err() {
-                self.metrics.inc(Counter::FanoutDropped, 1);
-            }
+        let full = self.outbox.borrow_mut().push_all(|| Envelope::Publish {
+            app,
+            channel: Arc::clone(&channel),
+            frame: frame.clone(),
+            except,
+            cache,
+            at,
+        });
+        if full > 0 {
+            self.metrics.inc(Counter::FanoutDropped, full);
         }
     }
 

@@ -75,15 +75,15 @@ impl Shard {
     pub fn terminate_user(&self, app: AppIdx, user_id: &str) {
         self.terminate_local(app, user_id);
         let user: Arc<str> = Arc::from(user_id);
-        for to in (0..self.shards)
-            .filter(|&s| s != self.id)
-            .chain(self.bridge)
-        {
-            let envelope = Envelope::TerminateUser {
+        let full = self
+            .outbox
+            .borrow_mut()
+            .push_all(|| Envelope::TerminateUser {
                 app,
                 user_id: Arc::clone(&user),
-            };
-            self.send_envelope(to, envelope);
+            });
+        if full > 0 {
+            self.metrics.inc(Counter::FanoutDropped, full);
         }
     }
 
