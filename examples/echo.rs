@@ -4,7 +4,8 @@
 //! ```text
 //! cargo build --release --example echo
 //! target/release/examples/echo [port]          # default 9001, on 127.0.0.1
-//! /work/shared/tools/autobahn/run.sh ws://127.0.0.1:9001
+//! # then point the Autobahn|Testsuite fuzzingclient at ws://127.0.0.1:9001:
+//! # examples/autobahn/README.md says how
 //! ```
 //!
 //! The per-connection loop is the shape the real connection driver takes: read, feed the

@@ -76,7 +76,17 @@ impl Server {
 /// Starts every shard and returns once all of them listen.
 pub fn start(config: Config) -> io::Result<Server> {
     let shards = config.shards.max(1);
-    let config = Arc::new(Config { shards, ..config });
+    // Port 0: every shard binds the one port the kernel picks here, held until they have.
+    let reservation = reserve_port(&config)?;
+    let port = match &reservation {
+        Some(r) => r.port,
+        None => config.port,
+    };
+    let config = Arc::new(Config {
+        shards,
+        port,
+        ..config
+    });
     let tls = if config.tls.enabled() {
         Some(crate::tls::server_config(&config.tls).map_err(|e| io::Error::other(e.to_string()))?)
     } else {
@@ -145,6 +155,7 @@ pub fn start(config: Config) -> io::Result<Server> {
         }
     }
     let addr = addr.ok_or_else(|| io::Error::other("no shard started"))?;
+    drop(reservation);
     let metrics = if config.metrics_enabled {
         let mut registry = Registry::new(
             &config.metrics_prefix,
@@ -179,6 +190,36 @@ pub fn start(config: Config) -> io::Result<Server> {
         bridge,
         bridge_stats,
     })
+}
+
+/// A kernel-chosen port held by a bound, not listening, `SO_REUSEPORT` socket.
+struct PortReservation {
+    port: u16,
+    _socket: socket2::Socket,
+}
+
+/// With `port` 0, asks the kernel for a free port once, so all shards bind the same one
+/// (each binding 0 would get a port of its own).
+fn reserve_port(config: &Config) -> io::Result<Option<PortReservation>> {
+    if config.port != 0 {
+        return Ok(None);
+    }
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(config.host.as_str(), 0))?
+        .next()
+        .ok_or_else(|| io::Error::other(format!("cannot resolve {:?}", config.host)))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    let port = socket.local_addr()?.as_socket().map_or(0, |a| a.port());
+    Ok(Some(PortReservation {
+        port,
+        _socket: socket,
+    }))
 }
 
 /// The webhook sender's counters as `corecast_webhook_*` series.

@@ -16,8 +16,6 @@ use serde_json::{Value, json};
 /// A node with 2 shards on the redis adapter and its metrics port.
 fn node(redis: &RedisServer) -> (Server, u16) {
     let port = redis.port.to_string();
-    let metrics = free_port();
-    let metrics_s = metrics.to_string();
     let server = start(
         2,
         &[
@@ -25,15 +23,10 @@ fn node(redis: &RedisServer) -> (Server, u16) {
             ("SOKETI_DB_REDIS_HOST", "127.0.0.1"),
             ("SOKETI_DB_REDIS_PORT", &port),
             ("SOKETI_METRICS_ENABLED", "true"),
-            ("SOKETI_METRICS_SERVER_PORT", &metrics_s),
         ],
     );
+    let metrics = server.metrics_port.expect("metrics enabled");
     (server, metrics)
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 /// The value of an unlabelled sample in a Prometheus scrape, if present.

@@ -41,7 +41,7 @@ step "cargo clippy (warnings are errors)"
 cargo clippy --all-targets -- -D warnings
 
 step "cargo test"
-cargo test
+cargo test --no-fail-fast
 
 step "cargo build --bin corecast (the binary the e2e suite runs)"
 cargo build --bin corecast

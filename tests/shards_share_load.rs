@@ -9,14 +9,6 @@ use common::rest::post;
 use common::{Ws, http, start};
 use serde_json::json;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// `corecast_connections{shard="N"}` values from a scrape.
 fn per_shard_connections(metrics_port: u16) -> Vec<(String, f64)> {
     let (status, body) = http(metrics_port, "GET", "/metrics", &[], b"").expect("scrape");
@@ -34,14 +26,7 @@ fn per_shard_connections(metrics_port: u16) -> Vec<(String, f64)> {
 
 #[test]
 fn two_hundred_connections_land_on_both_shards_and_all_get_the_event() {
-    let metrics = free_port().to_string();
-    let server = start(
-        2,
-        &[
-            ("SOKETI_METRICS_ENABLED", "true"),
-            ("SOKETI_METRICS_SERVER_PORT", metrics.as_str()),
-        ],
-    );
+    let server = start(2, &[("SOKETI_METRICS_ENABLED", "true")]);
     let mut subs: Vec<Ws> = (0..200)
         .map(|_| {
             let (mut ws, _) = Ws::pusher(server.port);
@@ -49,7 +34,7 @@ fn two_hundred_connections_land_on_both_shards_and_all_get_the_event() {
             ws
         })
         .collect();
-    let port: u16 = metrics.parse().expect("port");
+    let port = server.metrics_port.expect("metrics enabled");
     let shards = per_shard_connections(port);
     assert_eq!(shards.len(), 2, "{shards:?}");
     assert!(

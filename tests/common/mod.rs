@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 /// A server process, killed on drop.
 pub struct Server {
     pub port: u16,
+    /// The metrics listener's port, when the server was started with metrics enabled.
+    pub metrics_port: Option<u16>,
     child: Child,
 }
 
@@ -45,27 +47,70 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 /// Starts `corecast start` with `shards` shards and extra environment, and waits for `/ready`.
+///
+/// The server listens on port 0 (and its metrics listener too, when enabled), so the
+/// kernel picks ports no other test holds; the ports are read from the server's own
+/// start-up lines. A port found free by a probe and passed to the server could be taken
+/// in between by another test's server: with `SO_REUSEPORT` both would then share it.
 pub fn start(shards: usize, env: &[(&str, &str)]) -> Server {
-    let port = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_corecast"));
     cmd.arg("start")
-        .env("SOKETI_PORT", port.to_string())
+        .env("SOKETI_PORT", "0")
         .env("SOKETI_HOST", "127.0.0.1")
+        .env("SOKETI_METRICS_SERVER_PORT", "0")
         .env("CORECAST_SHARDS", shards.to_string())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().expect("spawn corecast");
-    let server = Server { port, child };
+    let mut child = cmd.spawn().expect("spawn corecast");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Forwards the server's log to the test's stderr, and reports its listening ports.
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { break };
+            eprintln!("{line}");
+            for (tag, what) in [
+                ("corecast: listening on ", "main"),
+                ("corecast: metrics on ", "metrics"),
+            ] {
+                if let Some(addr) = line.strip_prefix(tag)
+                    && let Some(port) = addr
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.trim().parse::<u16>().ok())
+                {
+                    let _ = tx.send((what, port));
+                }
+            }
+        }
+    });
+    let metrics_wanted = env
+        .iter()
+        .any(|(k, v)| *k == "SOKETI_METRICS_ENABLED" && (*v == "true" || *v == "1"));
     let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut port, mut metrics_port) = (None, None);
+    while port.is_none() || (metrics_wanted && metrics_port.is_none()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(("main", p)) => port = Some(p),
+            Ok((_, p)) => metrics_port = Some(p),
+            Err(_) => {
+                let status = child.try_wait().ok().flatten();
+                let _ = child.kill();
+                panic!("server did not report its ports within 10 s (exit: {status:?})");
+            }
+        }
+    }
+    let port = port.expect("loop ends with a port");
+    let server = Server {
+        port,
+        metrics_port,
+        child,
+    };
     loop {
         if let Ok((status, body)) = http(port, "GET", "/ready", &[], b"")
             && status == 200

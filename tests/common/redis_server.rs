@@ -143,9 +143,50 @@ impl Drop for RedisServer {
     }
 }
 
+/// A port for a server that must keep it across `stop` and `restart`: outside the
+/// kernel's ephemeral range, so neither another test's `bind(0)` nor an outgoing
+/// connection's source port (a bridge reconnecting to the stopped server could even
+/// connect to itself) can take it during an outage; and never one this process handed
+/// out before. Checked free by binding it.
 fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    static SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let (low, high) = ephemeral_range();
+    // The widest span below the ephemeral range, or above it.
+    let (start, span) = if low.saturating_sub(1024) >= 65535 - high {
+        (1024, low.saturating_sub(1024))
+    } else {
+        (high + 1, 65535 - high)
+    };
+    let mut x = SEED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ^ (u64::from(std::process::id()) << 20)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    for _ in 0..1000 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let port = start + ((x >> 33) % u64::from(span.max(1))) as u16;
+        let mut taken = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+        if taken.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        taken.push(port);
+        return port;
+    }
+    panic!("no free port outside the ephemeral range {low}-{high}");
+}
+
+/// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`).
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut parts = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((parts.next()??, parts.next()??))
+        })
+        .unwrap_or((32768, 60999))
 }
 
 /// True when something on `port` answers an inline PING like Redis does (`+PONG`, or

@@ -6,6 +6,7 @@
 // timeout and every resource is tracked so a failing test still cleans up.
 
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { createHash, createHmac } from 'node:crypto';
 import net from 'node:net';
 import path from 'node:path';
@@ -39,17 +40,45 @@ process.on('exit', () => {
   }
 });
 
-/** Resolves with a TCP port that nothing listens on right now. */
-export function freePort() {
-  return new Promise((resolve, reject) => {
+const handedOut = new Set();
+
+/** The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`). */
+function ephemeralRange() {
+  try {
+    const [low, high] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+    if (low > 0 && high >= low) return [low, high];
+  } catch {
+    // not Linux: assume its default
+  }
+  return [32768, 60999];
+}
+
+function canBind(port) {
+  return new Promise((resolve) => {
     const srv = net.createServer();
     srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
+    srv.on('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
   });
+}
+
+/**
+ * Resolves with a TCP port that nothing listens on right now, for a server that must keep
+ * its port across a restart: outside the kernel's ephemeral range, so no `listen(0)` and no
+ * outgoing connection's source port (a client reconnecting to the stopped server could
+ * even connect to itself) takes it in between, and never one handed out before. Servers
+ * that need no fixed port listen on port 0 instead (see `startServer`).
+ */
+export async function freePort() {
+  const [low, high] = ephemeralRange();
+  const [start, span] = low - 1024 >= 65535 - high ? [1024, low - 1024] : [high + 1, 65535 - high];
+  for (let i = 0; i < 1000; i++) {
+    const port = start + Math.floor(Math.random() * span);
+    if (handedOut.has(port)) continue;
+    handedOut.add(port);
+    if (await canBind(port)) return port;
+  }
+  throw new Error(`no free port outside the ephemeral range ${low}-${high}`);
 }
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -100,14 +129,16 @@ export function once(target, event, timeoutMs = 10_000) {
 }
 
 /**
- * Spawns `corecast start` with `CORECAST_SHARDS=shards` on a free port and waits for
- * `GET /ready` to answer 200. Inherited SOKETI_* and CORECAST_* variables are dropped so
- * the server runs on its documented defaults plus `env`.
+ * Spawns `corecast start` with `CORECAST_SHARDS=shards` and waits for `GET /ready` to
+ * answer 200. Without `port` the server listens on port 0 (its metrics listener too), so
+ * the kernel picks ports no other server holds; the ports are read from its start-up
+ * lines. Inherited SOKETI_* and CORECAST_* variables are dropped so the server runs on
+ * its documented defaults plus `env`.
  */
 export async function startServer({ shards = 2, env = {}, port: fixedPort } = {}) {
   const bin = process.env.CORECAST_BIN || path.join(REPO_ROOT, 'target', 'debug', 'corecast');
-  const port = fixedPort ?? (await freePort());
-  const metricsPort = await freePort();
+  let port = fixedPort ?? 0;
+  let metricsPort;
 
   const childEnv = {};
   for (const [k, v] of Object.entries(process.env)) {
@@ -116,7 +147,7 @@ export async function startServer({ shards = 2, env = {}, port: fixedPort } = {}
   Object.assign(childEnv, {
     SOKETI_PORT: String(port),
     // Keep a metrics listener (if enabled) off the shared default port 9601.
-    SOKETI_METRICS_SERVER_PORT: String(metricsPort),
+    SOKETI_METRICS_SERVER_PORT: '0',
     CORECAST_SHARDS: String(shards),
     ...env,
   });
@@ -125,6 +156,11 @@ export async function startServer({ shards = 2, env = {}, port: fixedPort } = {}
   let log = '';
   const keep = (chunk) => {
     log += chunk.toString();
+    // The bound ports, from the server's own start-up lines.
+    const listening = /corecast: listening on .*:(\d+)\s/.exec(log);
+    if (listening) server.port = port = Number(listening[1]);
+    const metrics = /corecast: metrics on .*:(\d+)\s/.exec(log);
+    if (metrics) server.metricsPort = metricsPort = Number(metrics[1]);
     if (log.length > LOG_TAIL_BYTES) log = log.slice(-LOG_TAIL_BYTES);
     if (process.env.CORECAST_E2E_LOG) process.stderr.write(chunk);
   };
@@ -180,6 +216,7 @@ export async function startServer({ shards = 2, env = {}, port: fixedPort } = {}
       throw new Error(`corecast ${how} before /ready answered 200.\n--- server output ---\n${log}`);
     }
     try {
+      if (!port) throw new Error('not listening yet');
       const res = await fetch(`http://127.0.0.1:${port}/ready`, { signal: AbortSignal.timeout(1_000) });
       await res.arrayBuffer();
       if (res.status === 200) return server;

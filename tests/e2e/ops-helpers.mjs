@@ -8,7 +8,7 @@ import http from 'node:http';
 
 import PusherServer from 'pusher';
 
-import { APP, freePort, sleep, startServer, waitFor } from './harness.mjs';
+import { APP, sleep, startServer, waitFor } from './harness.mjs';
 
 // ---------------------------------------------------------------------------
 // Webhook receiver
@@ -195,25 +195,26 @@ export async function scrape(metricsPort) {
 }
 
 /**
- * Starts corecast (harness `startServer`) with metrics enabled on a free port that this
- * helper picks, and waits until the metrics port answers `/`. Resolves with the harness
- * server object plus `metricsPort`.
+ * Starts corecast (harness `startServer`) with metrics enabled on a port the kernel picks,
+ * and waits until the metrics port answers `/`. Resolves with the harness server object,
+ * whose `metricsPort` is that port.
  */
 export async function startWithMetrics({ shards = 2, env = {} } = {}) {
-  const metricsPort = await freePort();
   const server = await startServer({
     shards,
-    env: { SOKETI_METRICS_ENABLED: 'true', SOKETI_METRICS_SERVER_PORT: String(metricsPort), ...env },
+    env: { SOKETI_METRICS_ENABLED: 'true', ...env },
   });
-  server.metricsPort = metricsPort;
+  let metricsPort;
   try {
     await waitFor(
       async () => {
+        metricsPort = server.metricsPort;
+        if (!metricsPort) return false;
         const r = await metricsGet(metricsPort, '/');
         return r.status === 200;
       },
       5_000,
-      `the metrics port ${metricsPort} to answer GET /`,
+      'the metrics port to answer GET /',
     );
   } catch (err) {
     await server.stop();

@@ -146,6 +146,25 @@ struct Resync {
     deadline: Option<Instant>,
     members: Vec<RosterEntry>,
     channels: Vec<(AppIdx, Arc<str>, u64)>,
+    /// Pub/sub subscribers the resync waits for before it announces anything: this node
+    /// and the nodes alive before the reconnect. Pub/sub keeps nothing for a node that
+    /// is not subscribed yet, so a leaver announced before the other nodes are back
+    /// would never reach their clients.
+    listeners: usize,
+    /// When to stop waiting for them (a node that does not come back is dead).
+    listen_deadline: Option<Instant>,
+    /// When to count the subscribers again.
+    next_count: Option<Instant>,
+}
+
+/// How often a pending resync counts the broadcast channel's subscribers.
+const LISTENER_POLL: Duration = Duration::from_millis(100);
+
+impl Resync {
+    /// Every shard has answered, or the wait for them is over.
+    fn dumped(&self) -> bool {
+        self.waiting == 0 || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
 }
 
 impl Bridge {
@@ -233,7 +252,12 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
     let mut was_up = false;
     let mut bell = crate::fanout::Bell::default();
     loop {
-        let wake = next_beat.min(retry_at).max(Instant::now());
+        let mut wake = next_beat.min(retry_at).max(Instant::now());
+        if let Some(r) = &resync
+            && r.dumped()
+        {
+            wake = wake.min(Instant::now() + LISTENER_POLL);
+        }
         let _ = monoio::time::timeout(wake - Instant::now(), inbox.ready(&mut bell)).await;
         if conn.is_none() && Instant::now() >= retry_at {
             match Connection::connect(&bridge.opts).await {
@@ -252,6 +276,8 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
                     resync = Some(Resync {
                         waiting: bridge.shards,
                         deadline: Some(Instant::now() + Duration::from_secs(2)),
+                        listeners: bridge.alive.borrow().len() + 1,
+                        listen_deadline: Some(Instant::now() + NODE_TIMEOUT),
                         ..Resync::default()
                     });
                     deltas.clear();
@@ -320,15 +346,21 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
                     }
                 }
             }
-            let ready = resync
-                .as_ref()
-                .is_some_and(|r| r.waiting == 0 || r.deadline.is_some_and(|d| Instant::now() >= d));
             let mut failed = flush(&bridge, c, &mut cmds).await.is_err();
             if !failed
-                && ready
-                && let Some(r) = resync.take()
+                && let Some(r) = resync.as_mut()
+                && r.dumped()
+                && r.next_count.is_none_or(|at| Instant::now() >= at)
             {
-                failed = apply_resync(&bridge, c, r).await.is_err();
+                match listening(&bridge, c, r).await {
+                    Ok(true) => {
+                        if let Some(r) = resync.take() {
+                            failed = apply_resync(&bridge, c, r).await.is_err();
+                        }
+                    }
+                    Ok(false) => r.next_count = Some(Instant::now() + LISTENER_POLL),
+                    Err(_) => failed = true,
+                }
             }
             if !failed && Instant::now() >= next_beat {
                 failed = heartbeat(&bridge, c).await.is_err();
@@ -346,6 +378,36 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
             deltas.clear();
         }
     }
+}
+
+/// Whether the nodes a resync waits for are subscribed to the broadcast channel (or the
+/// wait is over).
+async fn listening(
+    bridge: &Bridge,
+    conn: &mut Connection,
+    resync: &Resync,
+) -> Result<bool, RedisError> {
+    let reply = conn
+        .call(&[b"PUBSUB", b"NUMSUB", bridge.keys.broadcast.as_bytes()])
+        .await?;
+    let subscribed = match reply {
+        Reply::Array(items) => match items.get(1) {
+            Some(Reply::Int(n)) => usize::try_from(*n).unwrap_or(0),
+            _ => 0,
+        },
+        _ => 0,
+    };
+    if subscribed >= resync.listeners {
+        return Ok(true);
+    }
+    if resync.listen_deadline.is_some_and(|d| Instant::now() >= d) {
+        eprintln!(
+            "corecast: redis resync goes on with {subscribed} of {} nodes listening",
+            resync.listeners
+        );
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// Sends the queued simple commands in one pipeline.
