@@ -1,34 +1,97 @@
-//! `corecast start [--config=FILE]`: read the configuration, start the shards, serve.
+//! The `corecast` command: `start` serves, `config` prints the effective configuration.
 
 use std::process::ExitCode;
 
+use clap::{Args, Parser, Subcommand};
 use corecast::config::Config;
+use corecast::config::report::Report;
+
+const ENVIRONMENT: &str = "\
+Configuration: built-in defaults, then the --config file (Soketi's dotted keys, or the same \
+keys nested), then environment variables: Soketi's SOKETI_* names, and CORECAST_* for options \
+Soketi lacks. An unknown key or variable, or a malformed value, stops with an error naming it.
+
+Every SOKETI_* and CORECAST_* variable, with its config-file key, is listed by `corecast config` \
+(with the effective value and its source), in src/config/env.rs and in the README's \
+\"Configure it\" section.";
+
+/// A Pusher Channels (protocol 7) WebSocket server, a drop-in replacement for Soketi.
+#[derive(Debug, Parser)]
+#[command(
+    name = "corecast",
+    version = env!("BUILD_LONG_VERSION"),
+    arg_required_else_help = true,
+    args_override_self = true,
+    after_help = ENVIRONMENT
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the server
+    ///
+    /// Serves WebSocket (/app/{key}) and the REST API (/apps/{id}/...) on
+    /// SOKETI_HOST:SOKETI_PORT (0.0.0.0:6001 by default), one shard per core, until SIGTERM or
+    /// SIGINT, then shuts down gracefully within SOKETI_SHUTDOWN_GRACE_PERIOD. An invalid
+    /// configuration stops it with exit code 2 and a message naming the option.
+    #[command(after_help = ENVIRONMENT)]
+    Start(ConfigFile),
+    /// Print the effective configuration and where each value came from
+    ///
+    /// Loads the configuration exactly as `start` does (defaults, then the --config file, then
+    /// the environment) and prints one line per option: the variable, the config-file key, the
+    /// effective value, its source (default, file or env), and a note on options corecast
+    /// accepts but ignores. Then the apps: id, key, secret and source. Passwords and secrets
+    /// are shown as ****. An invalid configuration fails as `start` does, with exit code 2.
+    #[command(after_help = ENVIRONMENT)]
+    Config {
+        #[command(flatten)]
+        file: ConfigFile,
+        /// Print JSON instead of the aligned table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ConfigFile {
+    /// JSON config file with Soketi's keys, e.g. {"port": 6001, "appManager.array.apps":
+    /// [...]}; --config=FILE and --config FILE both work. Environment variables override it
+    #[arg(long, value_name = "FILE")]
+    config: Option<String>,
+}
+
+impl ConfigFile {
+    /// The words `Config::from_process_env` reads.
+    fn args(&self) -> Vec<String> {
+        self.config
+            .iter()
+            .map(|path| format!("--config={path}"))
+            .collect()
+    }
+
+    fn load(&self) -> Result<Config, ExitCode> {
+        Config::from_process_env(&self.args()).map_err(|e| {
+            eprintln!("corecast: configuration error: {e}");
+            ExitCode::from(2)
+        })
+    }
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let rest = match args.first().map(String::as_str) {
-        Some("start") => &args[1..],
-        Some("--help" | "-h" | "help") => {
-            println!("usage: corecast start [--config=FILE.json]");
-            return ExitCode::SUCCESS;
-        }
-        Some(other) => {
-            eprintln!(
-                "corecast: unknown command {other:?}; usage: corecast start [--config=FILE.json]"
-            );
-            return ExitCode::from(2);
-        }
-        None => {
-            eprintln!("usage: corecast start [--config=FILE.json]");
-            return ExitCode::from(2);
-        }
-    };
-    let config = match Config::from_process_env(rest) {
+    match Cli::parse().command {
+        Command::Start(file) => start(&file),
+        Command::Config { file, json } => print_config(&file, json),
+    }
+}
+
+fn start(file: &ConfigFile) -> ExitCode {
+    let config = match file.load() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("corecast: configuration error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     // Shards inherit this mask, so SIGTERM and SIGINT reach only the sigwait below.
     let signals = corecast::signals::block_termination();
@@ -46,4 +109,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn print_config(file: &ConfigFile, json: bool) -> ExitCode {
+    let config = match file.load() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let report = match Report::build(&file.args(), &config, &|name| std::env::var(name).ok()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("corecast: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        println!("{:#}", report.json());
+    } else {
+        print!("{}", report.table());
+    }
+    ExitCode::SUCCESS
 }

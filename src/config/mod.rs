@@ -21,6 +21,7 @@ mod app;
 mod app_fields;
 pub mod env;
 mod error;
+pub mod report;
 mod settings;
 mod value;
 mod webhook;
