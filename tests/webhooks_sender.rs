@@ -539,3 +539,301 @@ fn disabled_handle_wants_nothing_and_sends_nothing() {
         assert_eq!(hooks.flush_and_stop(Duration::from_secs(1)), 0);
     }
 }
+
+fn app_as(key: &str, secret: &str, hooks: Vec<WebhookConfig>) -> AppHooks {
+    AppHooks {
+        app_id: format!("{key}-id"),
+        key: key.into(),
+        secret: secret.into(),
+        hooks,
+    }
+}
+
+fn start_dynamic(settings: WebhookSettings) -> Webhooks {
+    Webhooks::start_dynamic(settings).expect("start the webhook sender")
+}
+
+/// Asserts the request carries `key` and a signature of its body with `secret`.
+fn assert_signed(req: &Request, key: &str, secret: &str) {
+    assert_eq!(req.header("X-Pusher-Key"), Some(key));
+    assert_eq!(
+        req.header("X-Pusher-Signature"),
+        Some(hmac_hex(secret, &req.body).as_str())
+    );
+}
+
+#[test]
+fn start_dynamic_then_set_app_delivers_signed_with_the_apps_key_and_secret() {
+    let receiver = ok();
+    let hooks = start_dynamic(fast());
+    assert!(!hooks.wants(0, WebhookEvent::MemberAdded, "presence-room"));
+    hooks.send(0, occupied("before-the-app"));
+    assert_eq!(hooks.stats(), WebhookStats::default());
+
+    hooks.set_app(
+        0,
+        app_as(
+            "k1",
+            "s1",
+            vec![hook(&receiver.url, &[WebhookEvent::MemberAdded])],
+        ),
+    );
+    assert!(hooks.wants(0, WebhookEvent::MemberAdded, "presence-room"));
+    assert!(!hooks.wants(0, WebhookEvent::MemberRemoved, "presence-room"));
+    assert!(!hooks.wants(1, WebhookEvent::MemberAdded, "presence-room"));
+    hooks.send(
+        0,
+        Event::MemberAdded {
+            channel: "presence-room".into(),
+            user_id: "42".into(),
+        },
+    );
+    let req = receiver.next(Duration::from_secs(5));
+    assert_signed(&req, "k1", "s1");
+    assert_eq!(
+        req.json()["events"],
+        json!([{"name": "member_added", "channel": "presence-room", "user_id": "42"}])
+    );
+
+    assert_eq!(hooks.flush_and_stop(Duration::from_secs(2)), 0);
+    let stats = hooks.stats();
+    assert_eq!(
+        (stats.requests, stats.delivered, stats.failed, stats.queued),
+        (1, 1, 0, 0)
+    );
+    assert!(receiver.nothing_more(Duration::from_millis(100)));
+}
+
+#[test]
+fn set_app_on_a_disabled_handle_does_nothing() {
+    let receiver = ok();
+    for hooks in [Webhooks::disabled(), start(vec![app(Vec::new())], fast())] {
+        hooks.set_app(
+            0,
+            app(vec![hook(&receiver.url, &[WebhookEvent::ChannelOccupied])]),
+        );
+        assert!(!hooks.wants(0, WebhookEvent::ChannelOccupied, "x"));
+        hooks.send(0, occupied("x"));
+        assert_eq!(hooks.stats(), WebhookStats::default());
+        assert_eq!(hooks.flush_and_stop(Duration::from_secs(1)), 0);
+    }
+    assert!(receiver.nothing_more(Duration::from_millis(100)));
+}
+
+#[test]
+fn set_app_again_sends_later_events_to_the_new_webhooks_with_the_new_secret() {
+    use WebhookEvent::{ChannelOccupied, ChannelVacated, MemberAdded};
+    let (r1, r2) = (ok(), ok());
+    let mut settings = fast();
+    settings.batching = true;
+    settings.batching_window = Duration::from_millis(200);
+    let hooks = start_dynamic(settings);
+    hooks.set_app(
+        0,
+        app_as("k1", "s1", vec![hook(&r1.url, &[ChannelOccupied])]),
+    );
+    // Waits in r1's batch while the app changes.
+    hooks.send(0, occupied("before"));
+
+    hooks.set_app(
+        0,
+        app_as(
+            "k2",
+            "s2",
+            vec![hook(&r2.url, &[ChannelVacated, MemberAdded])],
+        ),
+    );
+    assert!(!hooks.wants(0, ChannelOccupied, "after"));
+    assert!(hooks.wants(0, ChannelVacated, "after"));
+    assert!(hooks.wants(0, MemberAdded, "presence-after"));
+    hooks.send(0, occupied("after"));
+    hooks.send(
+        0,
+        Event::ChannelVacated {
+            channel: "after".into(),
+        },
+    );
+    hooks.send(
+        0,
+        Event::MemberAdded {
+            channel: "presence-after".into(),
+            user_id: "7".into(),
+        },
+    );
+
+    // The event queued before the change goes where it was queued, as it was queued.
+    let old = r1.next(Duration::from_secs(5));
+    assert_signed(&old, "k1", "s1");
+    assert_eq!(old.channels(), ["before"]);
+
+    let mut names = Vec::new();
+    while names.len() < 2 {
+        let req = r2.next(Duration::from_secs(5));
+        assert_signed(&req, "k2", "s2");
+        names.extend(req.events().iter().map(|e| {
+            format!(
+                "{} {}",
+                e["name"].as_str().unwrap_or_default(),
+                e["channel"]
+            )
+        }));
+    }
+    assert_eq!(
+        names,
+        [
+            "channel_vacated \"after\"",
+            "member_added \"presence-after\""
+        ]
+    );
+    assert!(r1.nothing_more(Duration::from_millis(400)));
+    assert!(r2.nothing_more(Duration::from_millis(100)));
+
+    assert_eq!(hooks.flush_and_stop(Duration::from_secs(2)), 0);
+    let stats = hooks.stats();
+    assert_eq!(
+        (stats.delivered, stats.failed, stats.dropped, stats.queued),
+        (3, 0, 0, 0)
+    );
+}
+
+#[test]
+fn adding_an_app_leaves_another_apps_batch_in_its_window() {
+    use WebhookEvent::ChannelOccupied;
+    let (r0, r1) = (ok(), ok());
+    let mut settings = fast();
+    settings.batching = true;
+    settings.batching_window = Duration::from_millis(300);
+    let hooks = start_dynamic(settings);
+    hooks.set_app(
+        0,
+        app_as("k0", "s0", vec![hook(&r0.url, &[ChannelOccupied])]),
+    );
+    let opened = Instant::now();
+    hooks.send(0, occupied("a0"));
+    hooks.send(0, occupied("a1"));
+
+    hooks.set_app(
+        1,
+        app_as("k1", "s1", vec![hook(&r1.url, &[ChannelOccupied])]),
+    );
+    assert!(hooks.wants(0, ChannelOccupied, "x"));
+    assert!(hooks.wants(1, ChannelOccupied, "x"));
+    hooks.send(0, occupied("a2"));
+    hooks.send(1, occupied("b0"));
+
+    // App 0's batch was neither sent early nor split.
+    let first = r0.next(Duration::from_secs(5));
+    assert!(opened.elapsed() >= Duration::from_millis(300));
+    assert_signed(&first, "k0", "s0");
+    assert_eq!(first.channels(), ["a0", "a1", "a2"]);
+    let second = r1.next(Duration::from_secs(5));
+    assert_signed(&second, "k1", "s1");
+    assert_eq!(second.channels(), ["b0"]);
+    assert!(r0.nothing_more(Duration::from_millis(100)));
+    assert!(r1.nothing_more(Duration::from_millis(100)));
+
+    assert_eq!(hooks.flush_and_stop(Duration::from_secs(2)), 0);
+    let stats = hooks.stats();
+    assert_eq!(
+        (stats.requests, stats.delivered, stats.failed, stats.queued),
+        (2, 4, 0, 0)
+    );
+}
+
+#[test]
+fn stats_stay_exact_across_set_app() {
+    use WebhookEvent::ChannelOccupied;
+    let dead = {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        format!("http://127.0.0.1:{port}/hook")
+    };
+    let (r1, r2) = (ok(), ok());
+    let mut settings = fast();
+    settings.batching = true;
+    settings.batching_window = Duration::from_secs(60);
+    settings.max_attempts = 2;
+    let hooks = start_dynamic(settings);
+    hooks.set_app(
+        0,
+        app(vec![
+            hook(&r1.url, &[ChannelOccupied]),
+            hook(&dead, &[ChannelOccupied]),
+        ]),
+    );
+    for channel in ["a", "b", "c"] {
+        hooks.send(0, occupied(channel));
+    }
+    assert_eq!(hooks.stats().queued, 6);
+    hooks.set_app(0, app(vec![hook(&r2.url, &[ChannelOccupied])]));
+    // The same definition again changes nothing.
+    hooks.set_app(0, app(vec![hook(&r2.url, &[ChannelOccupied])]));
+    hooks.send(0, occupied("d"));
+    hooks.send(0, occupied("e"));
+    assert_eq!(hooks.stats().queued, 8);
+
+    assert_eq!(hooks.flush_and_stop(Duration::from_secs(5)), 0);
+    let stats = hooks.stats();
+    assert_eq!(
+        (
+            stats.delivered,
+            stats.failed,
+            stats.dropped,
+            stats.queued,
+            stats.requests
+        ),
+        (5, 3, 0, 0, 4)
+    );
+    let channels =
+        |r: &Receiver| -> Vec<String> { r.received().iter().flat_map(Request::channels).collect() };
+    assert_eq!(channels(&r1), ["a", "b", "c"]);
+    assert_eq!(channels(&r2), ["d", "e"]);
+}
+
+#[test]
+fn stats_stay_exact_while_set_app_races_with_sends() {
+    use WebhookEvent::ChannelOccupied;
+    const EVENTS: usize = 2000;
+    let (r1, r2) = (ok(), ok());
+    let mut settings = fast();
+    settings.batching = true;
+    settings.batching_window = Duration::from_millis(20);
+    let hooks = start_dynamic(settings);
+    let one = || app(vec![hook(&r1.url, &[ChannelOccupied])]);
+    let two = || {
+        app(vec![
+            hook(&r1.url, &[ChannelOccupied]),
+            hook(&r2.url, &[ChannelOccupied]),
+        ])
+    };
+    hooks.set_app(0, one());
+    let shard = {
+        let hooks = hooks.clone();
+        thread::spawn(move || {
+            for i in 0..EVENTS {
+                hooks.send(0, occupied(&format!("c{i}")));
+                if i % 50 == 0 {
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
+        })
+    };
+    // Each change moves the app to fresh webhooks with one or two copies per event.
+    for round in 0..50 {
+        hooks.set_app(0, if round % 2 == 0 { two() } else { one() });
+        thread::sleep(Duration::from_millis(1));
+    }
+    shard.join().expect("the sending thread");
+
+    assert_eq!(hooks.flush_and_stop(Duration::from_secs(10)), 0);
+    let stats = hooks.stats();
+    let requests: Vec<Request> = r1.received().into_iter().chain(r2.received()).collect();
+    for req in &requests {
+        assert_signed(req, KEY, SECRET);
+    }
+    let received: usize = requests.iter().map(|r| r.events().len()).sum();
+    assert_eq!((stats.failed, stats.dropped, stats.queued), (0, 0, 0));
+    assert_eq!(stats.delivered, received as u64);
+    assert!((EVENTS..=2 * EVENTS).contains(&received), "{received}");
+    assert_eq!(stats.requests, requests.len() as u64);
+}

@@ -53,6 +53,14 @@ impl Batcher {
         }
     }
 
+    /// Makes room for webhooks up to index `hooks - 1` (webhooks added at run time); the
+    /// open batches stay as they are. Never shrinks.
+    pub fn grow(&mut self, hooks: usize) {
+        if hooks > self.open.len() {
+            self.open.resize_with(hooks, Open::default);
+        }
+    }
+
     /// Adds `event` for webhook `hook`. Returns a batch to send now: the event alone when
     /// batching is off, or the open batch once it holds [`MAX_BATCH_EVENTS`].
     pub fn push(&mut self, hook: usize, event: Bytes, now: Instant) -> Option<Batch> {
@@ -236,6 +244,48 @@ mod tests {
         assert_eq!(out, vec![0, 2]);
         assert_eq!(b.pending_events(), 0);
         assert_eq!(b.next_deadline(), None);
+    }
+
+    #[test]
+    fn grow_adds_empty_slots_and_keeps_the_open_batches() {
+        let window = Duration::from_millis(50);
+        let mut b = Batcher::new(1, Some(window));
+        let t0 = Instant::now();
+        assert_eq!(b.push(0, ev(1), t0), None);
+        // Unknown webhooks are ignored until the batcher grows.
+        assert_eq!(b.push(2, ev(2), t0), None);
+        assert_eq!(b.pending_events(), 1);
+
+        b.grow(3);
+        b.grow(2);
+        assert_eq!(b.pending_events(), 1);
+        assert_eq!(b.next_deadline(), Some(t0 + window));
+        let t1 = t0 + Duration::from_millis(20);
+        assert_eq!(b.push(2, ev(3), t1), None);
+        assert_eq!(b.push(1, ev(4), t1), None);
+        assert_eq!(
+            due(&mut b, t0 + window),
+            vec![Batch {
+                hook: 0,
+                events: vec![ev(1)]
+            }]
+        );
+        let mut rest = Vec::new();
+        b.flush(|batch| rest.push(batch));
+        assert_eq!(
+            rest,
+            vec![
+                Batch {
+                    hook: 1,
+                    events: vec![ev(4)]
+                },
+                Batch {
+                    hook: 2,
+                    events: vec![ev(3)]
+                }
+            ]
+        );
+        assert_eq!(b.pending_events(), 0);
     }
 
     #[test]

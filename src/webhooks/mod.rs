@@ -10,6 +10,20 @@
 //! Counts are per event copy: an event two webhooks want counts twice. Batches to one
 //! webhook may arrive out of order when one is retried; receivers can order by `time_ms`.
 //!
+//! # Apps that change at run time
+//!
+//! [`Webhooks::start`] takes a fixed app list; [`Webhooks::start_dynamic`] starts empty and
+//! [`Webhooks::set_app`] defines or replaces an app's key, secret and webhooks while events
+//! flow. The handles read the routes through one `ArcSwap` (no lock on the event path); a
+//! change publishes new routes in which the app's webhooks have fresh indexes, after queuing
+//! their definitions for the sender. An event goes to the webhooks of the routes it was
+//! counted under: one sent before the change goes to the app's old webhooks, with the old
+//! key and secret, even if it is batched or retried after it; one sent after goes to the
+//! new ones. Other apps' batches, retries and attempts are untouched. Indexes are never
+//! reused: the sender keeps a replaced webhook's entry (its URL, secret and request head)
+//! until it exits, so each replacement costs a little memory and a slot its loop walks;
+//! setting an app to the definition it has costs nothing.
+//!
 //! # Layout
 //!
 //! - `event.rs`: [`Event`] and its JSON form.
@@ -35,6 +49,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use arc_swap::{ArcSwap, Guard};
+
 pub use batch::{Batch, Batcher, MAX_BATCH_EVENTS, encode_body, signature};
 pub use event::Event;
 pub use request::UrlError;
@@ -44,7 +60,7 @@ use route::Routes;
 use shared::{Job, Shared};
 
 /// What an app's webhooks need: key, secret, and its webhook configs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AppHooks {
     /// The app id, named in log lines.
     pub app_id: String,
@@ -151,14 +167,19 @@ pub struct WebhookStats {
 /// Cheap cloneable handle used by shard threads; `send` never blocks.
 #[derive(Clone, Default)]
 pub struct Webhooks {
-    /// `None`: no app has a webhook; every call is a no-op.
+    /// `None`: disabled; every call is a no-op.
     inner: Option<Arc<Handle>>,
 }
 
 struct Handle {
     jobs: Sender<Job>,
     shared: Arc<Shared>,
-    routes: Arc<Routes>,
+    /// Read once by every `wants` and `send`; replaced whole by `set_app`.
+    routes: ArcSwap<Routes>,
+    /// Each app's current definition, by app index. `set_app` holds it while it queues the
+    /// new webhooks and publishes their routes, so the order of the indexes, of the queue
+    /// and of the publications agree.
+    apps: Mutex<Vec<Option<AppHooks>>>,
     max_queue: usize,
     /// How long the sender may finish its work when every handle is dropped unstopped.
     drop_grace: Duration,
@@ -174,23 +195,37 @@ impl Drop for Handle {
 
 impl Webhooks {
     /// Starts the sender thread (its own monoio runtime) for these apps (index = app index
-    /// in the config's app list). Without any webhook, returns [`Webhooks::disabled`].
+    /// in the config's app list). Without any webhook, returns [`Webhooks::disabled`], on
+    /// which [`Webhooks::set_app`] does nothing: an app table filled or changed at run time
+    /// needs [`Webhooks::start_dynamic`].
     pub fn start(apps: Vec<AppHooks>, settings: WebhookSettings) -> io::Result<Webhooks> {
-        let routes = Arc::new(Routes::new(apps.iter().map(|a| a.hooks.as_slice())));
-        if routes.is_empty() {
+        if apps.iter().all(|a| a.hooks.is_empty()) {
             return Ok(Self::disabled());
         }
+        Self::launch(apps, settings)
+    }
+
+    /// Starts the sender thread with no app yet, for an app table filled at run time with
+    /// [`Webhooks::set_app`]. Until an app has a webhook, `wants` is false and `send` does
+    /// nothing.
+    pub fn start_dynamic(settings: WebhookSettings) -> io::Result<Webhooks> {
+        Self::launch(Vec::new(), settings)
+    }
+
+    fn launch(apps: Vec<AppHooks>, settings: WebhookSettings) -> io::Result<Webhooks> {
+        let routes = Routes::new(apps.iter().map(|a| a.hooks.as_slice()));
         let shared = Arc::new(Shared::default());
         let (jobs, rx) = mpsc::channel();
         let handle = Handle {
             jobs,
             shared: Arc::clone(&shared),
-            routes: Arc::clone(&routes),
+            routes: ArcSwap::from_pointee(routes),
+            apps: Mutex::new(apps.iter().cloned().map(Some).collect()),
             max_queue: settings.max_queue,
             drop_grace: settings.request_timeout,
             thread: Mutex::new(None),
         };
-        let thread = sender::spawn(apps, routes, settings, shared, rx)?;
+        let thread = sender::spawn(apps, settings, shared, rx)?;
         *handle.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread);
         Ok(Self {
             inner: Some(Arc::new(handle)),
@@ -203,23 +238,61 @@ impl Webhooks {
         Self { inner: None }
     }
 
+    /// Defines app `app` (an index, as `wants` and `send` take) or replaces its key, secret
+    /// and webhooks; apps between the last one known and `app` have no webhook until set.
+    /// Every `wants` and `send` that starts after this returns sees the new webhooks.
+    ///
+    /// Events sent before still go where they were counted: to the app's previous webhooks,
+    /// signed with the previous secret and carrying the previous key, whether they wait in
+    /// a batch, a retry or an attempt. Other apps are not touched. Setting an app to the
+    /// definition it has is a no-op. Callable from any thread; calls are serialized among
+    /// themselves and never block `wants` or `send`. Does nothing on a [`Webhooks::disabled`]
+    /// handle (as [`Webhooks::start`] returns without webhooks): use
+    /// [`Webhooks::start_dynamic`] for apps that come at run time.
+    pub fn set_app(&self, app: usize, hooks: AppHooks) {
+        let Some(h) = &self.inner else { return };
+        let mut apps = h.apps.lock().unwrap_or_else(PoisonError::into_inner);
+        if apps.get(app).and_then(Option::as_ref) == Some(&hooks) {
+            return;
+        }
+        let (routes, added) = h.routes.load().with_app(app, &hooks.hooks);
+        if !added.is_empty() {
+            // Queued before the routes naming the new indexes are published, so the sender
+            // knows them before any event routed to them. Fails only once it has exited.
+            let define = Job::Define {
+                first: added.start,
+                app: hooks.clone(),
+            };
+            if h.jobs.send(define).is_ok() {
+                h.shared.notify();
+            }
+        }
+        h.routes.store(Arc::new(routes));
+        if app >= apps.len() {
+            apps.resize_with(app + 1, || None);
+        }
+        apps[app] = Some(hooks);
+    }
+
     /// Whether app `app` has any webhook interested in `kind` for `channel` (filters
     /// applied), so shards can skip building events nobody wants.
     #[must_use]
     pub fn wants(&self, app: usize, kind: WebhookEvent, channel: &str) -> bool {
-        self.inner
-            .as_ref()
-            .is_some_and(|h| h.routes.matching(app, kind, channel).next().is_some())
+        self.inner.as_ref().is_some_and(|h| {
+            h.routes
+                .load()
+                .matching(app, kind, channel)
+                .next()
+                .is_some()
+        })
     }
 
     /// Queues an event for app `app`; it goes to each of the app's webhooks whose
     /// event_types and filter match. Never blocks: past `max_queue` it is dropped and counted.
     pub fn send(&self, app: usize, event: Event) {
         let Some(h) = &self.inner else { return };
-        let copies = h
-            .routes
-            .matching(app, event.kind(), event.channel())
-            .count();
+        let routes = h.routes.load();
+        let copies = routes.matching(app, event.kind(), event.channel()).count();
         if copies == 0 {
             return;
         }
@@ -230,7 +303,9 @@ impl Webhooks {
             shared.dropped.fetch_add(copies as u64, Ordering::Relaxed);
             return;
         }
-        if h.jobs.send(Job { app, event }).is_err() {
+        // The job carries the routes its copies were counted under.
+        let routes = Guard::into_inner(routes);
+        if h.jobs.send(Job::Event { app, event, routes }).is_err() {
             shared.queued.fetch_sub(copies, Ordering::Relaxed);
             shared.dropped.fetch_add(copies as u64, Ordering::Relaxed);
             return;

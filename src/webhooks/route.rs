@@ -1,38 +1,73 @@
 //! Which webhooks an event goes to: the app's webhooks whose `event_types` list the event and
-//! whose filter accepts its channel. Shared read-only by the shard handles and the sender.
+//! whose filter accepts its channel. Shared read-only by the shard handles and the sender;
+//! a change of an app's webhooks makes a new [`Routes`] (see [`Routes::with_app`]).
+
+use std::ops::Range;
+use std::sync::Arc;
 
 use crate::config::{WebhookConfig, WebhookEvent, WebhookFilter};
 
-/// Every app's webhooks, flattened: webhook `i` is index `i` of the sender's lists.
-#[derive(Debug, Default)]
+/// Every app's webhooks, each with its index in the sender's flat lists.
+///
+/// Indexes are handed out in order and never reused: replacing an app's webhooks gives them
+/// new indexes past every earlier one, so the sender's state for the old ones (open batches,
+/// retries, attempts in flight) stays theirs until it drains. Cloning is cheap: one `Arc`
+/// per app.
+#[derive(Debug, Default, Clone)]
 pub struct Routes {
-    /// Per app (config order), the indexes of its webhooks.
-    apps: Vec<Vec<usize>>,
-    hooks: Vec<Route>,
+    /// Per app index, its webhooks in config order.
+    apps: Vec<Arc<[Route]>>,
+    /// Indexes handed out so far: the next webhook gets this one.
+    next: usize,
 }
 
 #[derive(Debug)]
 struct Route {
+    index: usize,
     event_types: Vec<WebhookEvent>,
     filter: WebhookFilter,
 }
 
 impl Routes {
-    /// Routes for `apps[i]` = app `i`'s webhook list.
+    /// Routes for `apps[i]` = app `i`'s webhook list; app 0's webhooks get the first
+    /// indexes, then app 1's, and so on.
     pub fn new<'a>(apps: impl IntoIterator<Item = &'a [WebhookConfig]>) -> Self {
         let mut routes = Self::default();
         for hooks in apps {
-            let mut indexes = Vec::with_capacity(hooks.len());
-            for hook in hooks {
-                indexes.push(routes.hooks.len());
-                routes.hooks.push(Route {
-                    event_types: hook.event_types.clone(),
-                    filter: hook.filter.clone(),
-                });
-            }
-            routes.apps.push(indexes);
+            let entry = routes.entry(hooks);
+            routes.apps.push(entry);
         }
         routes
+    }
+
+    /// These routes with app `app`'s webhooks replaced by `hooks` (apps past the end are
+    /// added, those in between without webhooks), and the indexes given to `hooks`: the
+    /// next ones, in order. Other apps keep theirs.
+    #[must_use]
+    pub fn with_app(&self, app: usize, hooks: &[WebhookConfig]) -> (Self, Range<usize>) {
+        let mut routes = self.clone();
+        let first = routes.next;
+        let entry = routes.entry(hooks);
+        if app >= routes.apps.len() {
+            routes.apps.resize_with(app + 1, || Arc::from([]));
+        }
+        routes.apps[app] = entry;
+        let added = first..routes.next;
+        (routes, added)
+    }
+
+    fn entry(&mut self, hooks: &[WebhookConfig]) -> Arc<[Route]> {
+        let entry = hooks
+            .iter()
+            .enumerate()
+            .map(|(i, hook)| Route {
+                index: self.next + i,
+                event_types: hook.event_types.clone(),
+                filter: hook.filter.clone(),
+            })
+            .collect();
+        self.next += hooks.len();
+        entry
     }
 
     /// The webhooks of `app` that want `kind` on `channel`, in config order.
@@ -44,19 +79,24 @@ impl Routes {
     ) -> impl Iterator<Item = usize> + 'a {
         self.apps
             .get(app)
-            .map_or(&[][..], Vec::as_slice)
+            .map_or(&[][..], |hooks| &hooks[..])
             .iter()
-            .copied()
-            .filter(move |&i| {
-                let route = &self.hooks[i];
-                route.event_types.contains(&kind) && route.filter.matches(channel)
-            })
+            .filter(move |route| route.event_types.contains(&kind) && route.filter.matches(channel))
+            .map(|route| route.index)
     }
 
-    /// No app has a webhook.
+    /// No webhook was ever given an index.
+    #[cfg(test)]
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.hooks.is_empty()
+        self.next == 0
+    }
+
+    /// Indexes handed out so far (the length of the sender's flat lists).
+    #[cfg(test)]
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.next
     }
 }
 
@@ -95,5 +135,47 @@ mod tests {
         assert_eq!(m(0, ChannelVacated, "beta-x-app"), Vec::<usize>::new());
         assert_eq!(m(1, ChannelOccupied, "beta-x"), [2]);
         assert_eq!(m(2, ChannelOccupied, "beta-x"), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn with_app_gives_the_new_webhooks_fresh_indexes_and_leaves_other_apps_alone() {
+        use WebhookEvent::*;
+        let app0 = vec![hook(&[ChannelOccupied], None, None)];
+        let app1 = vec![hook(&[ChannelOccupied], None, None)];
+        let routes = Routes::new([app0.as_slice(), app1.as_slice()]);
+        assert_eq!(routes.len(), 2);
+
+        let new0 = vec![
+            hook(&[ChannelVacated], None, None),
+            hook(&[ChannelVacated, ChannelOccupied], Some("a-"), None),
+        ];
+        let (changed, added) = routes.with_app(0, &new0);
+        assert_eq!(added, 2..4);
+        assert_eq!(changed.len(), 4);
+        let m = |r: &Routes, app, kind, ch| r.matching(app, kind, ch).collect::<Vec<_>>();
+        assert_eq!(m(&changed, 0, ChannelVacated, "a-x"), [2, 3]);
+        assert_eq!(m(&changed, 0, ChannelOccupied, "a-x"), [3]);
+        assert_eq!(m(&changed, 0, ChannelOccupied, "b-x"), Vec::<usize>::new());
+        assert_eq!(m(&changed, 1, ChannelOccupied, "b-x"), [1]);
+        // The snapshot it was made from is unchanged.
+        assert_eq!(m(&routes, 0, ChannelOccupied, "b-x"), [0]);
+        assert_eq!(routes.len(), 2);
+
+        // An app past the end is added; the ones in between have no webhook.
+        let (grown, added) = changed.with_app(3, &app1);
+        assert_eq!(added, 4..5);
+        assert_eq!(m(&grown, 3, ChannelOccupied, "x"), [4]);
+        assert_eq!(m(&grown, 2, ChannelOccupied, "x"), Vec::<usize>::new());
+        assert_eq!(m(&grown, 1, ChannelOccupied, "x"), [1]);
+
+        // Emptying an app hands out no index.
+        let (emptied, added) = grown.with_app(1, &[]);
+        assert!(added.is_empty());
+        assert_eq!(emptied.len(), 5);
+        assert_eq!(m(&emptied, 1, ChannelOccupied, "x"), Vec::<usize>::new());
+
+        let (first, added) = Routes::default().with_app(0, &app0);
+        assert!(Routes::default().is_empty() && !first.is_empty());
+        assert_eq!((added, m(&first, 0, ChannelOccupied, "x")), (0..1, vec![0]));
     }
 }

@@ -94,6 +94,15 @@ impl Scheduler {
         }
     }
 
+    /// Makes room for webhooks up to index `hooks - 1` (webhooks added at run time);
+    /// deliveries waiting, running or to retry are untouched. Never shrinks.
+    pub fn grow(&mut self, hooks: usize) {
+        if hooks > self.ready.len() {
+            self.ready.resize_with(hooks, VecDeque::new);
+            self.hook_in_flight.resize(hooks, 0);
+        }
+    }
+
     /// Queues a new delivery of `request`, carrying `events` events, to webhook `hook`.
     pub fn add(&mut self, hook: usize, request: Bytes, events: usize) {
         let Some(queue) = self.ready.get_mut(hook) else {
@@ -314,5 +323,45 @@ mod tests {
         s.handle_outcome(done.id, true, now);
         assert_eq!(start(&mut s, now).hook, 1);
         assert_eq!(s.poll_start(now), None);
+    }
+
+    #[test]
+    fn grow_adds_webhooks_without_disturbing_running_deliveries_and_retries() {
+        let mut s = Scheduler::new(policy(3, 4, 1), 1);
+        let t0 = Instant::now();
+        s.add(0, Bytes::from_static(b"a"), 1);
+        s.add(0, Bytes::from_static(b"b"), 1);
+        // Unknown webhooks are ignored until the scheduler grows.
+        s.add(1, Bytes::from_static(b"lost"), 1);
+        let a = start(&mut s, t0);
+        assert_eq!(s.poll_start(t0), None);
+
+        s.grow(3);
+        s.grow(2);
+        s.add(2, Bytes::from_static(b"c"), 2);
+        // Webhook 0 is at its bound; the new one takes a slot.
+        let c = start(&mut s, t0);
+        assert_eq!((c.hook, &c.request[..]), (2, &b"c"[..]));
+        assert_eq!(s.poll_start(t0), None);
+
+        let at = t0 + Duration::from_millis(500);
+        assert_eq!(
+            s.handle_outcome(a.id, false, t0),
+            Some(Resolution::Retry { hook: 0, at })
+        );
+        let b = start(&mut s, t0);
+        assert_eq!(&b.request[..], b"b");
+        assert_eq!(
+            s.handle_outcome(c.id, true, t0),
+            Some(Resolution::Delivered { hook: 2, events: 2 })
+        );
+        s.handle_outcome(b.id, true, t0);
+        let retry = start(&mut s, at);
+        assert_eq!(
+            (retry.hook, retry.attempt, &retry.request[..]),
+            (0, 2, &b"a"[..])
+        );
+        s.handle_outcome(retry.id, true, at);
+        assert!(s.is_idle());
     }
 }

@@ -1,10 +1,11 @@
 //! The sender thread: its own monoio runtime, so a slow or dead receiver never blocks a shard.
 //!
-//! The loop, in order: take the events the shards queued (routing each to its webhooks and
-//! their batches), take the results of finished attempts, move due batches into deliveries,
-//! start attempts while slots are free, then sleep until an event, a result, a batch window,
-//! a retry, or the stop deadline. Each attempt is its own task: connect, write the request,
-//! read the status line, all within `request_timeout`.
+//! The loop, in order: take the jobs the handles queued (routing each event to its webhooks
+//! and their batches, adding the webhooks an app change defines), take the results of
+//! finished attempts, move due batches into deliveries, start attempts while slots are free,
+//! then sleep until a job, a result, a batch window, a retry, or the stop deadline. Each
+//! attempt is its own task: connect, write the request, read the status line, all within
+//! `request_timeout`.
 //!
 //! Host names are resolved with the system resolver on this thread; use an IP address in
 //! webhook URLs where resolution may be slow.
@@ -29,7 +30,7 @@ use super::request::{HttpTarget, MalformedResponse, UrlError, build_request, par
 use super::route::Routes;
 use super::schedule::{Policy, Resolution, Scheduler, Start};
 use super::shared::{Job, Shared};
-use super::{AppHooks, WebhookSettings};
+use super::{AppHooks, Event, WebhookSettings};
 
 /// A webhook as the sender needs it.
 struct Hook {
@@ -45,7 +46,6 @@ struct Hook {
 /// Starts the sender thread; returns once its runtime runs, or with the reason it cannot.
 pub(crate) fn spawn(
     apps: Vec<AppHooks>,
-    routes: Arc<Routes>,
     settings: WebhookSettings,
     shared: Arc<Shared>,
     jobs: Receiver<Job>,
@@ -55,10 +55,8 @@ pub(crate) fn spawn(
         .name("corecast-webhooks".into())
         .spawn(move || {
             run_runtime(&ready_tx, move || async move {
-                let hooks = hooks(&apps);
-                Sender::new(hooks, routes, settings, shared, jobs)
-                    .run()
-                    .await;
+                let hooks = apps.iter().flat_map(hooks).collect();
+                Sender::new(hooks, settings, shared, jobs).run().await;
             });
         })?;
     match ready_rx.recv() {
@@ -104,31 +102,29 @@ where
     }
 }
 
-fn hooks(apps: &[AppHooks]) -> Vec<Hook> {
-    let mut out = Vec::new();
-    for app in apps {
-        for config in &app.hooks {
-            let target = super::request::parse_url(&config.url);
-            let head = match &target {
-                Ok(t) => super::request::render_head(t, &app.key, &config.headers),
-                Err(e) => {
-                    eprintln!(
-                        "corecast: app {} webhook {}: {e}; its events are counted as failed",
-                        app.app_id, config.url
-                    );
-                    Vec::new()
-                }
-            };
-            out.push(Hook {
-                url: config.url.clone(),
-                secret: app.secret.clone(),
-                head,
-                target: target.map(Rc::new),
-                failing: false,
-            });
+/// `app`'s webhooks as the sender needs them, in config order; their key and secret are
+/// the app's at this point and stay with them.
+fn hooks(app: &AppHooks) -> impl Iterator<Item = Hook> + '_ {
+    app.hooks.iter().map(|config| {
+        let target = super::request::parse_url(&config.url);
+        let head = match &target {
+            Ok(t) => super::request::render_head(t, &app.key, &config.headers),
+            Err(e) => {
+                eprintln!(
+                    "corecast: app {} webhook {}: {e}; its events are counted as failed",
+                    app.app_id, config.url
+                );
+                Vec::new()
+            }
+        };
+        Hook {
+            url: config.url.clone(),
+            secret: app.secret.clone(),
+            head,
+            target: target.map(Rc::new),
+            failing: false,
         }
-    }
-    out
+    })
 }
 
 /// Why an attempt did not get a status code.
@@ -163,8 +159,8 @@ impl Finished {
 }
 
 struct Sender {
+    /// By webhook index; webhooks an app no longer has stay, to drain what they hold.
     hooks: Vec<Hook>,
-    routes: Arc<Routes>,
     settings: WebhookSettings,
     shared: Arc<Shared>,
     jobs: Receiver<Job>,
@@ -180,7 +176,6 @@ struct Sender {
 impl Sender {
     fn new(
         hooks: Vec<Hook>,
-        routes: Arc<Routes>,
         settings: WebhookSettings,
         shared: Arc<Shared>,
         jobs: Receiver<Job>,
@@ -197,7 +192,6 @@ impl Sender {
             batcher: Batcher::new(hooks.len(), window),
             scheduler: Scheduler::new(policy, hooks.len()),
             hooks,
-            routes,
             settings,
             shared,
             jobs,
@@ -242,14 +236,14 @@ impl Sender {
         }
     }
 
-    /// Routes every queued job to its webhooks' batches.
+    /// Handles every queued job, in order: events go to their webhooks' batches.
     fn take_jobs(&mut self, now: Instant) {
         if let Some(job) = self.stash.get_mut().take() {
-            self.route(job, now);
+            self.handle(job, now);
         }
         while !self.closed {
             match self.jobs.try_recv() {
-                Ok(job) => self.route(job, now),
+                Ok(job) => self.handle(job, now),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     self.closed = true;
@@ -260,16 +254,36 @@ impl Sender {
         }
     }
 
-    fn route(&mut self, job: Job, now: Instant) {
-        let routes = Arc::clone(&self.routes);
+    fn handle(&mut self, job: Job, now: Instant) {
+        match job {
+            Job::Event { app, event, routes } => self.route(app, &event, &routes, now),
+            Job::Define { first, app } => self.define(first, &app),
+        }
+    }
+
+    /// Adds webhooks `first..`; the indexes come in order, so `first` is the list's end.
+    fn define(&mut self, first: usize, app: &AppHooks) {
+        debug_assert_eq!(
+            first,
+            self.hooks.len(),
+            "webhook indexes are handed out in order"
+        );
+        self.hooks.extend(hooks(app));
+        self.batcher.grow(self.hooks.len());
+        self.scheduler.grow(self.hooks.len());
+    }
+
+    /// Puts `event` in the batch of each of `app`'s webhooks `routes` name for it (the
+    /// routes its copies were counted under).
+    fn route(&mut self, app: usize, event: &Event, routes: &Routes, now: Instant) {
         let mut encoded: Option<Bytes> = None;
-        for hook in routes.matching(job.app, job.event.kind(), job.event.channel()) {
-            if self.hooks[hook].target.is_err() {
+        for hook in routes.matching(app, event.kind(), event.channel()) {
+            if self.hooks.get(hook).is_none_or(|h| h.target.is_err()) {
                 self.shared.unsupported.fetch_add(1, Ordering::Relaxed);
                 self.shared.resolve(&self.shared.failed, 1);
                 continue;
             }
-            let event = encoded.get_or_insert_with(|| job.event.encode()).clone();
+            let event = encoded.get_or_insert_with(|| event.encode()).clone();
             if let Some(batch) = self.batcher.push(hook, event, now) {
                 self.deliver(batch);
             }

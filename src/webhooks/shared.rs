@@ -1,18 +1,29 @@
 //! What the shard handles and the sender thread share: the queue's wake-up, the stop
 //! request, and the counters behind [`WebhookStats`]. Lock-free: atomics and a `OnceLock`.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use atomic_waker::AtomicWaker;
 
-use super::{Event, WebhookStats};
+use super::route::Routes;
+use super::{AppHooks, Event, WebhookStats};
 
-/// One queued event, as a shard hands it over.
-pub struct Job {
-    pub app: usize,
-    pub event: Event,
+/// What the handles queue for the sender, handled in queue order.
+pub enum Job {
+    /// One event, as a shard hands it over, with the routes it was counted under: the
+    /// sender routes it through the same ones, so the copies it resolves are the copies
+    /// added to `queued`, whatever changed since.
+    Event {
+        app: usize,
+        event: Event,
+        routes: Arc<Routes>,
+    },
+    /// Webhooks given the indexes `first..first + app.hooks.len()`. Queued before the
+    /// routes naming them are published, so it reaches the sender before any event
+    /// routed to them.
+    Define { first: usize, app: AppHooks },
 }
 
 /// What the shards and the sender thread share: the wake-up, the stop request, counters.
