@@ -48,6 +48,7 @@ const IGNORED: &str = "ignored: corecast has no such subsystem";
 pub const VARS: &[EnvVar] = &[
     var("CORECAST_ACTIVITY_TIMEOUT", "activityTimeout", "120", "seconds; sent in connection_established, ping after this silence"),
     var("CORECAST_HANDSHAKE_BURST", "handshakeBurst", "1000", "WebSocket handshakes accepted at once above the steady rate"),
+    var("CORECAST_IO_DRIVER", "ioDriver", "auto", "shards' IO driver: auto (io_uring, else epoll), io_uring (or fail) or epoll"),
     var("CORECAST_MAX_CONNECTIONS", "maxConnections", "0", "WebSocket connections per server over all apps; 0 is unlimited"),
     var("CORECAST_MAX_HANDSHAKES_PER_SEC", "maxHandshakesPerSec", "0", "WebSocket handshakes per second per server; 0 is unlimited"),
     var("CORECAST_MAX_OUTBOUND_KB", "maxOutboundKb", "1024", "per-connection send queue bound; past it the socket is closed"),

@@ -47,6 +47,8 @@ pub struct Config {
     pub path_prefix: String,
     /// Shard threads (`CORECAST_SHARDS`, `shards`); default: the cores available.
     pub shards: usize,
+    /// The shards' IO driver (`CORECAST_IO_DRIVER`, `ioDriver`), auto.
+    pub io_driver: IoDriverChoice,
     /// The apps, in configuration order; ids and keys are unique.
     pub apps: Vec<AppConfig>,
     /// Sent in `connection_established`; the server pings a socket silent this long
@@ -117,6 +119,32 @@ pub enum AdapterDriver {
     Redis,
 }
 
+/// Which IO driver the shards' runtimes use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoDriverChoice {
+    /// io_uring when the kernel allows it, else monoio's epoll driver.
+    Auto,
+    /// io_uring; start-up fails when the kernel refuses it.
+    IoUring,
+    /// The epoll driver, even where io_uring works.
+    Epoll,
+}
+
+impl IoDriverChoice {
+    /// Every choice, in the order the values are documented.
+    pub const ALL: [IoDriverChoice; 3] = [Self::Auto, Self::IoUring, Self::Epoll];
+
+    /// The value as written in `CORECAST_IO_DRIVER` / `ioDriver`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::IoUring => "io_uring",
+            Self::Epoll => "epoll",
+        }
+    }
+}
+
 /// Connection to Redis for the redis adapter (Soketi's `database.redis.*` and `adapter.redis.*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
@@ -169,6 +197,7 @@ impl Default for Config {
             port: 6001,
             path_prefix: String::new(),
             shards: std::thread::available_parallelism().map_or(1, usize::from),
+            io_driver: IoDriverChoice::Auto,
             apps: vec![AppConfig::new("app-id", "app-key", "app-secret")],
             activity_timeout: Duration::from_secs(120),
             pong_timeout: Duration::from_secs(30),

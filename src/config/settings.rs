@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::app_fields::AppFields;
 use super::value::{self, Raw};
-use super::{AdapterDriver, Builder, ConfigError};
+use super::{AdapterDriver, Builder, ConfigError, IoDriverChoice};
 
 /// Soketi options corecast accepts and ignores: a key equal to one of these or below it.
 /// They configure subsystems corecast does not have (other app managers, queues, the
@@ -55,6 +55,13 @@ impl Builder {
                 "there are no queue workers; use full or server",
             )?,
             "shards" => c.shards = value::size(&raw, o, 1)?,
+            "ioDriver" => {
+                let name = value::string(&raw, o)?;
+                c.io_driver = IoDriverChoice::ALL
+                    .into_iter()
+                    .find(|d| d.as_str() == name)
+                    .ok_or_else(|| raw.invalid(o, "auto, io_uring or epoll"))?;
+            }
             "activityTimeout" => c.activity_timeout = value::seconds(&raw, o, 1)?,
             "pongTimeout" => c.pong_timeout = value::seconds(&raw, o, 1)?,
             "channelLimits.cacheTtl" => c.cache_ttl = value::seconds(&raw, o, 1)?,

@@ -20,4 +20,4 @@ mod shard;
 
 pub use registry::{Kind, Registry, Sample, Source};
 pub use server::{MetricsServer, serve};
-pub use shard::{Counter, LATENCY_BUCKETS_MICROS, ShardMetrics};
+pub use shard::{Counter, IoDriver, LATENCY_BUCKETS_MICROS, ShardMetrics};

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::exposition::{Families, family_json, label};
 use super::process;
-use super::shard::{AppCells, Counter, LATENCY_BUCKETS_MICROS, ShardMetrics};
+use super::shard::{AppCells, Counter, IoDriver, LATENCY_BUCKETS_MICROS, ShardMetrics};
 
 /// Whether an extra sample is a counter or a gauge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,6 +200,9 @@ fn counter_family(counter: Counter) -> (&'static str, &'static str, Option<&'sta
 const RATE_LIMITED: &str = "corecast_rate_limited_total";
 const RATE_LIMITED_HELP: &str = "Requests refused by a rate limit, by kind of limit.";
 const LATENCY: &str = "corecast_delivery_latency_seconds";
+const IO_DRIVER: &str = "corecast_io_driver";
+const IO_DRIVER_HELP: &str =
+    "1 for the IO driver the shard runs on (io_uring, or epoll as the fallback), 0 for the other.";
 
 impl Registry {
     /// A registry over `shards`; `port` is the WebSocket port for Soketi's `port` label
@@ -378,6 +381,21 @@ impl Registry {
                 vec![shard_label(i)],
                 s.connections() as f64,
             );
+        }
+        for (i, s) in self.shards.iter().enumerate() {
+            // Shards not started yet have no driver and no series.
+            let Some(running) = s.io_driver() else {
+                continue;
+            };
+            for driver in IoDriver::ALL {
+                fams.push(
+                    IO_DRIVER,
+                    IO_DRIVER_HELP,
+                    MetricType::GAUGE,
+                    vec![shard_label(i), label("driver", driver.label())],
+                    f64::from(u8::from(driver == running)),
+                );
+            }
         }
         for (i, s) in self.shards.iter().enumerate() {
             fams.push(

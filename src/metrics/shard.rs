@@ -6,7 +6,7 @@
 //! contended on the hot path. A second writer would not be undefined behaviour, only lost
 //! updates: keep each `ShardMetrics` on its shard.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering::Relaxed};
 
 /// Upper bounds of the delivery latency buckets, in microseconds; `+Inf` follows.
 pub const LATENCY_BUCKETS_MICROS: [u64; 15] = [
@@ -59,6 +59,45 @@ impl Counter {
     }
 }
 
+/// The IO driver a shard's monoio runtime runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoDriver {
+    /// io_uring.
+    IoUring,
+    /// monoio's legacy driver, on epoll.
+    Epoll,
+}
+
+impl IoDriver {
+    /// Every driver, in the order the `driver` label values are rendered.
+    pub const ALL: [IoDriver; 2] = [IoDriver::IoUring, IoDriver::Epoll];
+
+    /// The value of the `driver` label, and the name in the start-up log line.
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            IoDriver::IoUring => "io_uring",
+            IoDriver::Epoll => "epoll",
+        }
+    }
+
+    /// The non-zero code kept in the metrics cell (0 is "not started").
+    const fn code(self) -> u8 {
+        match self {
+            IoDriver::IoUring => 1,
+            IoDriver::Epoll => 2,
+        }
+    }
+
+    const fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(IoDriver::IoUring),
+            2 => Some(IoDriver::Epoll),
+            _ => None,
+        }
+    }
+}
+
 /// One app's cells on one shard. Aligned so that two apps never share a cache line
 /// with another shard's cells (each shard allocates its own).
 #[derive(Debug, Default)]
@@ -95,6 +134,9 @@ pub struct ShardMetrics {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_MICROS.len() + 1],
     /// Sum of every observed latency, in microseconds.
     latency_sum_micros: AtomicU64,
+    /// The shard's IO driver ([`IoDriver::code`]), set once when its runtime starts; 0
+    /// before.
+    io_driver: AtomicU8,
 }
 
 impl ShardMetrics {
@@ -108,6 +150,7 @@ impl ShardMetrics {
             ring_depth: AtomicU64::new(0),
             latency_buckets: Default::default(),
             latency_sum_micros: AtomicU64::new(0),
+            io_driver: AtomicU8::new(0),
         }
     }
 
@@ -188,6 +231,11 @@ impl ShardMetrics {
         add(&self.latency_sum_micros, micros);
     }
 
+    /// Records the IO driver the shard's runtime runs on (once, at start).
+    pub fn set_io_driver(&self, driver: IoDriver) {
+        self.io_driver.store(driver.code(), Relaxed);
+    }
+
     /// The cells of `app`, or `None` (and a debug assertion) for an index the app
     /// table never handed out.
     #[inline]
@@ -209,6 +257,11 @@ impl ShardMetrics {
 
     pub(crate) fn counter(&self, counter: Counter) -> u64 {
         self.counters[counter.index()].load(Relaxed)
+    }
+
+    /// The shard's IO driver, once its runtime has started.
+    pub(crate) fn io_driver(&self) -> Option<IoDriver> {
+        IoDriver::from_code(self.io_driver.load(Relaxed))
     }
 
     pub(crate) fn ring_depth(&self) -> u64 {
@@ -262,6 +315,16 @@ mod tests {
             "past the last bound is +Inf"
         );
         assert_eq!(sum, 50 + 51 + 2_500_000 + 2_500_001);
+    }
+
+    #[test]
+    fn io_driver_is_unset_until_recorded() {
+        let m = ShardMetrics::new(0);
+        assert_eq!(m.io_driver(), None);
+        for driver in IoDriver::ALL {
+            m.set_io_driver(driver);
+            assert_eq!(m.io_driver(), Some(driver));
+        }
     }
 
     #[test]

@@ -34,9 +34,9 @@ pub use query::ChannelFacts;
 
 use crate::app::limits::{Quota, TokenBucket};
 use crate::app::{AppIdx, AppTable};
-use crate::config::Config;
+use crate::config::{Config, IoDriverChoice};
 use crate::fanout::{Inbox, Outbox};
-use crate::metrics::ShardMetrics;
+use crate::metrics::{IoDriver, ShardMetrics};
 use crate::protocol::SocketId;
 use crate::registry::presence::Rosters;
 use crate::registry::{ConnKey, Registry};
@@ -105,6 +105,51 @@ pub struct ServerState {
     pub connections: Quota,
     /// Set once on SIGTERM/SIGINT; shards then drain and stop.
     pub shutting_down: AtomicBool,
+    /// Each shard's IO driver and why, as the shards start; shard 0 logs them once all
+    /// have bound.
+    io_drivers: std::sync::Mutex<Vec<(usize, IoDriver, String)>>,
+}
+
+impl ServerState {
+    /// Notes the IO driver shard `id` runs on, and why.
+    fn record_io_driver(&self, id: usize, driver: IoDriver, why: String) {
+        self.io_drivers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((id, driver, why));
+    }
+
+    /// Logs the shards' IO drivers in one line: `io_uring (4096 entries)` when every
+    /// shard agrees, else each driver with the shards on it.
+    fn log_io_drivers(&self) {
+        let mut seen = self
+            .io_drivers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        seen.sort_by_key(|(id, _, _)| *id);
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        for (id, driver, why) in seen {
+            let text = format!("{} ({why})", driver.label());
+            match groups.iter_mut().find(|(t, _)| *t == text) {
+                Some((_, ids)) => ids.push(id),
+                None => groups.push((text, vec![id])),
+            }
+        }
+        let line = if groups.len() == 1 {
+            groups.remove(0).0
+        } else {
+            let parts: Vec<String> = groups
+                .iter()
+                .map(|(text, ids)| {
+                    let ids: Vec<String> = ids.iter().map(usize::to_string).collect();
+                    format!("{text} on shards {}", ids.join(","))
+                })
+                .collect();
+            parts.join("; ")
+        };
+        eprintln!("corecast: io driver {line}");
+    }
 }
 
 /// A cache channel's last event and when it was published.
@@ -184,7 +229,17 @@ pub fn spawn(
                 http_in_flight: Cell::new(0),
                 server,
             });
-            run_runtime(id, move || serve(shard, inbox, startup));
+            let (mut runtime, driver, why) = match build_runtime(shard.config.io_driver) {
+                Ok(built) => built,
+                Err(e) => {
+                    let _ = startup.ready.send(Err(e));
+                    startup.all_bound.wait();
+                    return;
+                }
+            };
+            shard.metrics.set_io_driver(driver);
+            shard.server.record_io_driver(id, driver, why);
+            runtime.block_on(serve(shard, inbox, startup));
         })
 }
 
@@ -198,35 +253,95 @@ fn handshake_bucket(config: &Config, shards: usize) -> Option<TokenBucket> {
     })
 }
 
-/// Runs `make()` on io_uring, or on the legacy driver when the kernel refuses io_uring.
-fn run_runtime<F, Fut>(id: usize, make: F)
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    const ENTRIES: u32 = 4096;
-    if monoio::utils::detect_uring() {
-        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(ENTRIES)
-            .enable_timer()
-            .build()
-        {
-            Ok(mut rt) => return rt.block_on(make()),
-            Err(e) => {
-                if id == 0 {
-                    eprintln!("corecast: io_uring refused ({e}); using the legacy epoll driver");
-                }
-            }
+/// Submission queue entries of each shard's io_uring instance.
+const URING_ENTRIES: u32 = 4096;
+
+type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>;
+type EpollRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>>;
+
+/// A shard's runtime, on the driver it got.
+enum Runtime {
+    Uring(UringRuntime),
+    Epoll(EpollRuntime),
+}
+
+impl Runtime {
+    fn block_on(&mut self, task: impl std::future::Future<Output = ()>) {
+        match self {
+            Runtime::Uring(rt) => rt.block_on(task),
+            Runtime::Epoll(rt) => rt.block_on(task),
         }
-    } else if id == 0 {
-        eprintln!("corecast: io_uring unavailable; using the legacy epoll driver");
     }
-    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+}
+
+/// Builds a shard's runtime on the driver `choice` asks for: io_uring when the kernel
+/// allows it (else epoll, unless io_uring was required), or epoll. Returns the runtime,
+/// its driver and why it is that driver (for the start-up log line).
+///
+/// # Errors
+/// With [`IoDriverChoice::IoUring`] when io_uring is unavailable, or when no runtime can
+/// be built at all.
+fn build_runtime(choice: IoDriverChoice) -> io::Result<(Runtime, IoDriver, String)> {
+    let refused = match choice {
+        IoDriverChoice::Epoll => None,
+        IoDriverChoice::Auto | IoDriverChoice::IoUring => match uring_runtime() {
+            Ok(rt) => {
+                let why = format!("{URING_ENTRIES} entries");
+                return Ok((Runtime::Uring(rt), IoDriver::IoUring, why));
+            }
+            Err(why) => Some(why),
+        },
+    };
+    if let Some(why) = &refused
+        && choice == IoDriverChoice::IoUring
+    {
+        return Err(io::Error::other(format!(
+            "io driver io_uring required (CORECAST_IO_DRIVER=io_uring) but {why}"
+        )));
+    }
+    let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
         .build()
-    {
-        Ok(mut rt) => rt.block_on(make()),
-        Err(e) => eprintln!("corecast: shard {id} could not start a runtime: {e}"),
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start the epoll driver: {e}")))?;
+    let why = refused.unwrap_or_else(|| "chosen by CORECAST_IO_DRIVER=epoll".to_owned());
+    Ok((Runtime::Epoll(rt), IoDriver::Epoll, why))
+}
+
+/// An io_uring runtime, or why the kernel will not give one.
+fn uring_runtime() -> Result<UringRuntime, String> {
+    // monoio's probe: io_uring sets up and supports every operation monoio issues.
+    let usable = monoio::utils::detect_uring();
+    let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .with_entries(URING_ENTRIES)
+        .enable_timer()
+        .build();
+    match built {
+        Ok(rt) if usable => Ok(rt),
+        Ok(_) if std::env::var_os("MONOIO_FORCE_LEGACY_DRIVER").is_some() => {
+            Err("MONOIO_FORCE_LEGACY_DRIVER is set".to_owned())
+        }
+        Ok(_) => Err("the kernel's io_uring lacks operations corecast uses".to_owned()),
+        Err(e) => Err(uring_refusal(&e)),
+    }
+}
+
+/// Why `io_uring_setup` failed, in words that point at the fix.
+fn uring_refusal(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOSYS) => "kernel has no io_uring".to_owned(),
+        Some(libc::EPERM) => {
+            let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+                .ok()
+                .filter(|v| v.trim() != "0");
+            match disabled {
+                Some(v) => format!("io_uring refused: kernel.io_uring_disabled = {}", v.trim()),
+                None => format!("io_uring refused: {e}; likely a seccomp filter (container)"),
+            }
+        }
+        Some(libc::ENOMEM) => {
+            format!("io_uring refused: {e}; raise the locked-memory limit (LimitMEMLOCK)")
+        }
+        _ => format!("io_uring refused: {e}"),
     }
 }
 
@@ -258,6 +373,9 @@ async fn serve(shard: Rc<Shard>, inbox: Inbox, startup: Startup) {
     // Accept only once every shard has bound, so the kernel spreads the very first
     // connections over all of them.
     startup.all_bound.wait();
+    if shard.id == 0 {
+        shard.server.log_io_drivers();
+    }
     shard
         .listener_fd
         .set(std::os::fd::AsRawFd::as_raw_fd(&listener));

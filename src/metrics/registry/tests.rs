@@ -189,6 +189,28 @@ fn corecast_series_are_per_shard() {
 }
 
 #[test]
+fn io_driver_is_one_gauge_per_shard_and_driver() {
+    let [a, b] = two_shards();
+    let text = registry(&[Arc::clone(&a), Arc::clone(&b)]).render();
+    assert!(
+        !text.contains("corecast_io_driver"),
+        "no series before the shards start"
+    );
+    a.set_io_driver(IoDriver::IoUring);
+    b.set_io_driver(IoDriver::Epoll);
+    let text = registry(&[a, b]).render();
+    assert!(text.contains("# TYPE corecast_io_driver gauge\n"));
+    for (series, want) in [
+        (r#"corecast_io_driver{shard="0",driver="io_uring"}"#, 1.0),
+        (r#"corecast_io_driver{shard="0",driver="epoll"}"#, 0.0),
+        (r#"corecast_io_driver{shard="1",driver="io_uring"}"#, 0.0),
+        (r#"corecast_io_driver{shard="1",driver="epoll"}"#, 1.0),
+    ] {
+        assert_eq!(value(&text, series), Some(want), "{series}");
+    }
+}
+
+#[test]
 fn latency_is_a_cumulative_histogram_in_seconds() {
     let [a, b] = two_shards();
     for micros in [10, 80, 80, 3_000, 9_000_000] {
