@@ -33,6 +33,27 @@ if ! command -v redis-server >/dev/null 2>&1; then
   (service redis-server stop || true) >/dev/null 2>&1
 fi
 
+# The SQL app manager tests start their own MariaDB and PostgreSQL servers on free
+# ports, with data in temporary directories; install them when the machine lacks them.
+sql_packages=()
+if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then
+  sql_packages+=(mariadb-server)
+fi
+if ! command -v initdb >/dev/null 2>&1 && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  sql_packages+=(postgresql)
+fi
+if [ "${#sql_packages[@]}" -gt 0 ]; then
+  step "apt-get install -y ${sql_packages[*]}"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${sql_packages[@]}"
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${sql_packages[@]}"
+  fi
+  # Debian starts system instances on 3306 and 5432; the tests do not use them.
+  (service mariadb stop || true) >/dev/null 2>&1
+  (service postgresql stop || true) >/dev/null 2>&1
+fi
+
 # ---- Rust ---------------------------------------------------------------------
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -175,6 +175,11 @@ fn field_for(name: &str) -> Option<Field> {
         .map(|&(f, _)| f)
 }
 
+/// Whether `name` is an app field in one of the spellings Soketi reads.
+pub(crate) fn is_field(name: &str) -> bool {
+    field_for(name).is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

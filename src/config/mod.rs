@@ -13,12 +13,14 @@
 //! - `settings.rs`: what each dotted key does, and flattening of the file.
 //! - `app.rs`: one app's credentials and limits; `app_fields.rs` reads them (camelCase,
 //!   PascalCase, snake_case).
+//! - `app_manager.rs`: where apps come from (array, MySQL, PostgreSQL).
 //! - `webhook.rs`: an app's webhook list.
 //! - `value.rs`: typed readers for env text and JSON values.
 //! - `error.rs`: [`ConfigError`].
 
 mod app;
 mod app_fields;
+mod app_manager;
 pub mod env;
 mod error;
 pub mod report;
@@ -29,6 +31,7 @@ mod webhook;
 use std::time::Duration;
 
 pub use app::AppConfig;
+pub use app_manager::{AppManagerConfig, AppManagerDriver, DbConfig, is_app_column};
 pub use error::ConfigError;
 pub use webhook::{WebhookConfig, WebhookEvent, WebhookFilter};
 
@@ -49,7 +52,8 @@ pub struct Config {
     pub shards: usize,
     /// The shards' IO driver (`CORECAST_IO_DRIVER`, `ioDriver`), auto.
     pub io_driver: IoDriverChoice,
-    /// The apps, in configuration order; ids and keys are unique.
+    /// The apps, in configuration order; ids and keys are unique. Empty when a SQL app
+    /// manager ([`Config::app_manager`]) serves the apps.
     pub apps: Vec<AppConfig>,
     /// Sent in `connection_established`; the server pings a socket silent this long
     /// (`CORECAST_ACTIVITY_TIMEOUT`, seconds, `activityTimeout`), 120 s as Pusher.
@@ -108,6 +112,8 @@ pub struct Config {
     pub webhooks_batching_duration: Duration,
     /// Certificate files; TLS is on when [`TlsConfig::enabled`].
     pub tls: TlsConfig,
+    /// Where apps come from: the array of `apps`, or a MySQL or PostgreSQL table.
+    pub app_manager: AppManagerConfig,
 }
 
 /// Which adapter carries messages between nodes.
@@ -230,6 +236,7 @@ impl Default for Config {
             webhooks_batching: false,
             webhooks_batching_duration: Duration::from_millis(50),
             tls: TlsConfig::default(),
+            app_manager: AppManagerConfig::default(),
         }
     }
 }
@@ -363,12 +370,19 @@ impl Builder {
     }
 
     fn finish(mut self) -> Result<Config, ConfigError> {
-        if self.apps.is_empty() {
+        // As in Soketi, the configured apps (the default one included) are the array
+        // driver's; a SQL driver still checks them but serves only its table's rows.
+        let array = self.config.app_manager.driver == AppManagerDriver::Array;
+        self.config.app_manager.app_defaults = self.app_defaults.clone();
+        if array && self.apps.is_empty() {
             return Err(ConfigError::NoApps);
         }
         for (i, fields) in self.apps.iter().enumerate() {
             let prefix = format!("appManager.array.apps.{i}");
             let app = app_fields::build(fields, &prefix, &self.app_defaults)?;
+            if !array {
+                continue;
+            }
             if self.config.apps.iter().any(|a| a.id == app.id) {
                 return Err(ConfigError::DuplicateApp {
                     field: "id",

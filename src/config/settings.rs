@@ -10,25 +10,20 @@ use super::value::{self, Raw};
 use super::{AdapterDriver, Builder, ConfigError, IoDriverChoice};
 
 /// Soketi options corecast accepts and ignores: a key equal to one of these or below it.
-/// They configure subsystems corecast does not have (other app managers, queues, the
-/// cluster/NATS adapters, caches, CORS), so they change nothing here.
+/// They configure subsystems corecast does not have (the DynamoDB app manager, queues, the
+/// cluster/NATS adapters, caches, CORS), so they change nothing here. The app manager's own
+/// options and its SQL databases are read in `app_manager.rs`.
 const IGNORED: &[&str] = &[
     "adapter.cluster",
     "adapter.nats",
     "adapter.redis.redisPubOptions",
     "adapter.redis.redisSubOptions",
-    "appManager.cache",
     "appManager.dynamodb",
-    "appManager.mysql",
-    "appManager.postgres",
     "cache",
     "cluster",
     "cors",
-    "database.mysql",
-    "database.postgres",
     "database.redis.name",
     "database.redis.sentinelPassword",
-    "databasePooling",
     "httpApi.acceptTraffic",
     "instance",
     "queue",
@@ -125,9 +120,6 @@ impl Builder {
                     return Err(unsupported(&raw, o, "it connects to a single Redis server"));
                 }
             }
-            "appManager.driver" => {
-                one_of(&raw, o, &["array"], "apps come from appManager.array.apps")?
-            }
             "appManager.array.apps" => self.apps = app_list(&raw, o)?,
             "presence.maxMembersPerChannel" => {
                 let n = value::integer(&raw, o, 0, u64::from(u32::MAX))?;
@@ -144,6 +136,9 @@ impl Builder {
             "eventLimits.maxPayloadInKb" => d.event_max_payload_kb = value::float(&raw, o, 0.0)?,
             "eventLimits.maxBatchSize" => d.event_max_batch_size = value::size(&raw, o, 1)?,
             _ => {
+                if self.config.app_manager.apply(key, &raw, o)? {
+                    return Ok(());
+                }
                 if let Some(rest) = key.strip_prefix("appManager.array.apps.") {
                     return self.patch_app(rest, raw, o);
                 }
