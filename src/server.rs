@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 use crate::app::AppTable;
+use crate::app::manager::{self, Mailbox, ManagerSettings, ManagerStats, ShardClient};
 use crate::config::{AdapterDriver, Config};
 use crate::fanout::{self, InboxWaker};
 use crate::metrics::{self, MetricsServer, Registry, Sample, ShardMetrics};
@@ -28,6 +29,8 @@ pub struct Server {
     /// The redis bridge thread and its waker, with the redis adapter.
     bridge: Option<(InboxWaker, JoinHandle<()>)>,
     bridge_stats: Arc<BridgeStats>,
+    /// The app-manager thread, with a database app manager; it ends with the shards.
+    app_manager: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -51,6 +54,9 @@ impl Server {
         for t in self.threads {
             let _ = t.join();
         }
+        // Its requests' senders went with the shards, so the app manager ends after the
+        // query it may be in (bounded by the database timeouts); nobody waits for it.
+        drop(self.app_manager);
         // The shards' last leaves are queued for the bridge: let it send them to Redis.
         if let Some((waker, handle)) = self.bridge {
             self.bridge_stats.stop.store(true, Ordering::Release);
@@ -92,13 +98,32 @@ pub fn start(config: Config) -> io::Result<Server> {
     } else {
         None
     };
-    let apps = Arc::new(AppTable::new(config.apps.clone()));
-    let webhooks = Webhooks::start(
-        config.apps.iter().map(AppHooks::from_config).collect(),
-        WebhookSettings::from_config(&config),
-    )?;
+    // A database app manager fills the table at run time; the array manager's is fixed.
+    let source = crate::app::source::open(&config);
+    let (apps, webhooks) = if source.is_some() {
+        (
+            Arc::new(AppTable::dynamic(config.app_manager.max_apps)),
+            Webhooks::start_dynamic(WebhookSettings::from_config(&config))?,
+        )
+    } else {
+        (
+            Arc::new(AppTable::new(config.apps.clone())),
+            Webhooks::start(
+                config.apps.iter().map(AppHooks::from_config).collect(),
+                WebhookSettings::from_config(&config),
+            )?,
+        )
+    };
+    let manager_stats = Arc::new(ManagerStats::default());
+    let mut app_requests = None;
+    let mut mailboxes = Vec::new();
+    if source.is_some() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        app_requests = Some((tx, rx));
+        mailboxes = (0..shards).map(|_| Arc::new(Mailbox::default())).collect();
+    }
     let shard_metrics: Vec<Arc<ShardMetrics>> = (0..shards)
-        .map(|_| Arc::new(ShardMetrics::new(apps.len())))
+        .map(|_| Arc::new(ShardMetrics::new(apps.capacity())))
         .collect();
     let node = node_id();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -137,6 +162,10 @@ pub fn start(config: Config) -> io::Result<Server> {
                 metrics: Arc::clone(&shard_metrics[id]),
                 webhooks: webhooks.clone(),
                 tls: tls.clone(),
+                app_manager: app_requests.as_ref().map(|(tx, _)| ShardClient {
+                    requests: tx.clone(),
+                    mailbox: Arc::clone(&mailboxes[id]),
+                }),
             },
             links,
             shard::Startup {
@@ -146,6 +175,21 @@ pub fn start(config: Config) -> io::Result<Server> {
         )?);
     }
     drop(tx);
+    let mut app_manager = None;
+    if let (Some(source), Some((requests, rx))) = (source, app_requests) {
+        // The shards hold the senders: the thread ends when they are gone.
+        drop(requests);
+        let links = mailboxes.into_iter().zip(wakers.iter().cloned()).collect();
+        app_manager = Some(manager::spawn(
+            source,
+            Arc::clone(&apps),
+            ManagerSettings::from_config(&config.app_manager),
+            rx,
+            links,
+            webhooks.clone(),
+            Arc::clone(&manager_stats),
+        )?);
+    }
     let mut addr = None;
     for _ in 0..shards {
         match rx.recv() {
@@ -163,6 +207,11 @@ pub fn start(config: Config) -> io::Result<Server> {
             config.apps.iter().map(|a| a.id.clone()).collect(),
             shard_metrics,
         );
+        if !apps.is_fixed() {
+            registry = registry.with_app_table(Arc::clone(&apps));
+            let stats = Arc::clone(&manager_stats);
+            registry.add_source(Box::new(move || app_manager_samples(&stats)));
+        }
         let hooks = webhooks.clone();
         registry.add_source(Box::new(move || webhook_samples(&hooks)));
         if redis {
@@ -189,6 +238,7 @@ pub fn start(config: Config) -> io::Result<Server> {
         config,
         bridge,
         bridge_stats,
+        app_manager,
     })
 }
 
@@ -250,6 +300,53 @@ fn webhook_samples(hooks: &Webhooks) -> Vec<Sample> {
             "corecast_webhook_retries_total",
             "Webhook delivery retries.",
             s.retries as f64,
+        ),
+    ]
+}
+
+/// The app manager's counters as `corecast_app_manager_*` series.
+fn app_manager_samples(stats: &ManagerStats) -> Vec<Sample> {
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64;
+    vec![
+        Sample::gauge(
+            "corecast_app_manager_up",
+            "1 while the app manager's database answers.",
+            get(&stats.up),
+        ),
+        Sample::counter(
+            "corecast_app_manager_lookups_total",
+            "App lookups asked by shards.",
+            get(&stats.lookups),
+        ),
+        Sample::counter(
+            "corecast_app_manager_cache_hits_total",
+            "App lookups answered from the app manager's cache.",
+            get(&stats.cache_hits),
+        ),
+        Sample::counter(
+            "corecast_app_manager_misses_total",
+            "Queries that found no app.",
+            get(&stats.misses),
+        ),
+        Sample::counter(
+            "corecast_app_manager_errors_total",
+            "Queries that failed (database unreachable or a bad row).",
+            get(&stats.errors),
+        ),
+        Sample::counter(
+            "corecast_app_manager_stale_total",
+            "Known apps answered from their last row while the database was unreachable.",
+            get(&stats.stale),
+        ),
+        Sample::counter(
+            "corecast_app_manager_queries_total",
+            "Queries sent to the database.",
+            get(&stats.queries),
+        ),
+        Sample::counter(
+            "corecast_app_manager_query_seconds_total",
+            "Time spent in database queries.",
+            get(&stats.query_micros) / 1e6,
         ),
     ]
 }

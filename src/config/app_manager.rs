@@ -100,6 +100,10 @@ pub struct AppManagerConfig {
     /// Most connections open at once, with pooling (`SOKETI_DB_POOLING_MAX`,
     /// `databasePooling.max`), 7.
     pub pool_max: usize,
+    /// How many apps a database app manager can hold (`CORECAST_APP_MANAGER_MAX_APPS`,
+    /// `appManager.maxApps`), 10,000: every shard sizes its per-app maps and counters by
+    /// it (about 200 bytes per app and shard); an app past it is refused as unavailable.
+    pub max_apps: usize,
     /// The server-level limits (`presence.*`, `channelLimits.*`, `eventLimits.*`) that a
     /// row's NULL limits fall back to.
     pub(crate) app_defaults: AppDefaults,
@@ -116,6 +120,7 @@ impl Default for AppManagerConfig {
             pool_enabled: false,
             pool_min: 0,
             pool_max: 7,
+            max_apps: 10_000,
             app_defaults: AppDefaults::default(),
         }
     }
@@ -189,6 +194,7 @@ impl AppManagerConfig {
             "appManager.mysql.version" | "appManager.postgres.version" => {
                 value::string(raw, o)?;
             }
+            "appManager.maxApps" => self.max_apps = value::size(raw, o, 1)?,
             "databasePooling.enabled" => self.pool_enabled = value::boolean(raw, o)?,
             "databasePooling.min" => self.pool_min = value::size(raw, o, 0)?,
             "databasePooling.max" => self.pool_max = value::size(raw, o, 1)?,

@@ -47,6 +47,7 @@ const IGNORED: &str = "ignored: corecast has no such subsystem";
 #[rustfmt::skip]
 pub const VARS: &[EnvVar] = &[
     var("CORECAST_ACTIVITY_TIMEOUT", "activityTimeout", "120", "seconds; sent in connection_established, ping after this silence"),
+    var("CORECAST_APP_MANAGER_MAX_APPS", "appManager.maxApps", "10000", "apps a mysql or postgres app manager can hold; per-app maps are sized by it"),
     var("CORECAST_HANDSHAKE_BURST", "handshakeBurst", "1000", "WebSocket handshakes accepted at once above the steady rate"),
     var("CORECAST_IO_DRIVER", "ioDriver", "auto", "shards' IO driver: auto (io_uring, else epoll), io_uring (or fail) or epoll"),
     var("CORECAST_MAX_CONNECTIONS", "maxConnections", "0", "WebSocket connections per server over all apps; 0 is unlimited"),
@@ -106,9 +107,9 @@ pub const VARS: &[EnvVar] = &[
     var("SOKETI_DB_MYSQL_PASSWORD", "database.mysql.password", "password", "MySQL password"),
     var("SOKETI_DB_MYSQL_PORT", "database.mysql.port", "3306", "MySQL port"),
     var("SOKETI_DB_MYSQL_USERNAME", "database.mysql.user", "root", "MySQL user name"),
-    var("SOKETI_DB_POOLING_ENABLED", "databasePooling.enabled", "false", "let the app manager hold several database connections"),
-    var("SOKETI_DB_POOLING_MAX", "databasePooling.max", "7", "most database connections, with pooling"),
-    var("SOKETI_DB_POOLING_MIN", "databasePooling.min", "0", "database connections kept open when idle, with pooling"),
+    var("SOKETI_DB_POOLING_ENABLED", "databasePooling.enabled", "false", "accepted: the app manager's lookups share one connection (coalesced and cached)"),
+    var("SOKETI_DB_POOLING_MAX", "databasePooling.max", "7", "accepted: the app manager's lookups share one connection"),
+    var("SOKETI_DB_POOLING_MIN", "databasePooling.min", "0", "accepted: the app manager's lookups share one connection"),
     var("SOKETI_DB_POSTGRES_DATABASE", "database.postgres.database", "main", "PostgreSQL database of the apps table"),
     var("SOKETI_DB_POSTGRES_HOST", "database.postgres.host", "127.0.0.1", "PostgreSQL host of the postgres driver; a /path is a socket directory"),
     var("SOKETI_DB_POSTGRES_PASSWORD", "database.postgres.password", "password", "PostgreSQL password"),

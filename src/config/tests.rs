@@ -38,6 +38,7 @@ const CASES: &[(&str, &str, Check)] = &[
     ("CORECAST_MAX_CONNECTIONS", "500", |c| c.max_connections == 500),
     ("CORECAST_MAX_HANDSHAKES_PER_SEC", "50", |c| c.max_handshakes_per_sec == 50),
     ("CORECAST_HANDSHAKE_BURST", "7", |c| c.handshake_burst == 7),
+    ("CORECAST_APP_MANAGER_MAX_APPS", "50", |c| c.app_manager.max_apps == 50),
     ("CORECAST_IO_DRIVER", "epoll", |c| c.io_driver == IoDriverChoice::Epoll),
     ("CORECAST_SHARDS", "300", |c| c.shards == 300),
     ("SOKETI_ADAPTER_DRIVER", "redis", |c| c.adapter == AdapterDriver::Redis),

@@ -34,7 +34,7 @@ pub async fn trigger(shard: &Rc<Shard>, app_idx: AppIdx, body: &mut [u8]) -> Res
     let Ok(value) = simd_json::to_borrowed_value(body) else {
         return error(400, "The request body is not valid JSON.");
     };
-    let event = match check_event(app, &value, true) {
+    let event = match check_event(&app, &value, true) {
         Ok(event) => event,
         Err(resp) => return resp,
     };
@@ -128,7 +128,7 @@ pub async fn trigger_batch(shard: &Rc<Shard>, app_idx: AppIdx, body: &mut [u8]) 
     }
     let mut events = Vec::with_capacity(batch.len());
     for item in batch {
-        match check_event(app, item, false) {
+        match check_event(&app, item, false) {
             Ok(e) => events.push(e),
             Err(resp) => return resp,
         }

@@ -115,11 +115,11 @@ pub fn route_path<'p>(prefix: &str, path: &'p str) -> Option<&'p str> {
 
 /// The app a REST path names (`/apps/{id}/...`), for per-app HTTP metrics.
 #[must_use]
-pub fn app_of(apps: &crate::app::AppTable, head: &RequestHead) -> Option<crate::app::AppIdx> {
+pub fn app_of(shard: &Shard, head: &RequestHead) -> Option<crate::app::AppIdx> {
     let path = head.uri.path();
     let rest = &path[path.find("/apps/")? + "/apps/".len()..];
     let id = rest.split('/').next()?;
-    apps.by_id(id).map(|(idx, _)| idx)
+    shard.known_app_by_id(id).ok().map(|(idx, _)| idx)
 }
 
 /// Whether the request asks for a WebSocket upgrade.
@@ -190,8 +190,15 @@ pub async fn handle(shard: &Rc<Shard>, head: &RequestHead, body: &mut BytesMut) 
         return error(404, "Not found.");
     };
     let (app_id, route) = rest.split_once('/').unwrap_or((rest, ""));
-    let Some((app_idx, app)) = shard.apps.by_id(app_id) else {
-        return error(404, "App not found.");
+    let (app_idx, app) = match shard.app_by_id(app_id).await {
+        Ok((idx, app)) if app.enabled => (idx, app),
+        Err(crate::app::manager::Outcome::Unavailable) => {
+            shard
+                .metrics
+                .inc(crate::metrics::Counter::AppLookupsRefused, 1);
+            return error(503, "The app store does not answer; retry later.");
+        }
+        _ => return error(404, "App not found."),
     };
     let query = auth::parse_query(head.uri.query().unwrap_or(""));
     let now = SystemTime::now()

@@ -73,6 +73,8 @@ pub struct Registry {
     port: String,
     /// App ids by app index, the value of Soketi's `app_id` label.
     app_ids: Vec<String>,
+    /// A table an app manager fills: its apps are read at each scrape instead.
+    table: Option<Arc<crate::app::AppTable>>,
     /// One per shard, in shard order (the `shard` label is the position).
     shards: Vec<Arc<ShardMetrics>>,
     /// Extra samples, asked for at each scrape.
@@ -194,6 +196,11 @@ fn counter_family(counter: Counter) -> (&'static str, &'static str, Option<&'sta
             "WebSocket upgrades refused.",
             None,
         ),
+        Counter::AppLookupsRefused => (
+            "corecast_app_lookups_refused_total",
+            "Connections and REST requests refused while the app manager's database was unreachable.",
+            None,
+        ),
     }
 }
 
@@ -218,9 +225,17 @@ impl Registry {
             prefix: prefix.to_owned(),
             port: port.to_string(),
             app_ids,
+            table: None,
             shards,
             sources: Vec::new(),
         }
+    }
+
+    /// Takes the apps from `table` at each scrape (a table an app manager fills).
+    #[must_use]
+    pub fn with_app_table(mut self, table: Arc<crate::app::AppTable>) -> Self {
+        self.table = Some(table);
+        self
     }
 
     /// Adds a callback that returns extra samples at scrape time (webhook counters,
@@ -288,10 +303,18 @@ impl Registry {
     }
 
     fn soketi_families(&self, fams: &mut Families) {
+        let added: Vec<String>;
+        let app_ids = match &self.table {
+            Some(table) => {
+                added = table.ids().map(|(_, id)| id.to_owned()).collect();
+                &added
+            }
+            None => &self.app_ids,
+        };
         for (suffix, help, kind, read) in SOKETI_SERIES {
             let name = format!("{}{suffix}", self.prefix);
             fams.declare(&name, help, kind);
-            for (i, app_id) in self.app_ids.iter().enumerate() {
+            for (i, app_id) in app_ids.iter().enumerate() {
                 let value: f64 = self
                     .shards
                     .iter()

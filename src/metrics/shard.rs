@@ -35,11 +35,14 @@ pub enum Counter {
     ConnectionsRejected,
     /// WebSocket upgrades refused (unknown app key, disabled app, bad handshake).
     HandshakesRejected,
+    /// Connections and REST requests refused because the app manager could not say
+    /// whether their app exists (database unreachable).
+    AppLookupsRefused,
 }
 
 impl Counter {
     /// How many variants there are: the length of the per-shard counter array.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
 
     /// Every variant, in index order.
     pub const ALL: [Counter; Counter::COUNT] = [
@@ -52,6 +55,7 @@ impl Counter {
         Counter::RateLimitedClient,
         Counter::ConnectionsRejected,
         Counter::HandshakesRejected,
+        Counter::AppLookupsRefused,
     ];
 
     const fn index(self) -> usize {

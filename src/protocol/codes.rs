@@ -24,6 +24,9 @@ pub enum ErrorCode {
     Unauthorized = 4009,
     /// The server cannot keep up with this connection (slow reader).
     OverCapacity = 4100,
+    /// Whether the app exists cannot be told now (the app manager's database does not
+    /// answer): reconnect after a back-off.
+    AppsUnavailable = 4101,
     /// Generic "reconnect now" (shutdown).
     ReconnectImmediately = 4200,
     /// A server ping got no pong in time.
@@ -53,6 +56,7 @@ impl ErrorCode {
             Self::UnsupportedProtocolVersion => "Unsupported protocol version.",
             Self::Unauthorized => "The connection is unauthorized.",
             Self::OverCapacity => "Over capacity: the connection could not keep up.",
+            Self::AppsUnavailable => "Apps cannot be looked up right now; reconnect later.",
             Self::ReconnectImmediately => "Server closed the connection, reconnect.",
             Self::PongNotReceived => "Pong reply not received.",
             Self::ClosedAfterInactivity => "Closed after inactivity.",

@@ -19,6 +19,7 @@ use super::conn::{self, Conn, Flushed, Outbound, write_all};
 use super::tls::Tls;
 use super::{Shard, session};
 use crate::app::AppIdx;
+use crate::app::manager::Outcome;
 use crate::config::AppConfig;
 use crate::http::{self, Response};
 use crate::metrics::Counter;
@@ -175,7 +176,7 @@ pub(super) async fn handle_connection(shard: Rc<Shard>, stream: TcpStream) {
                 resp.status
             );
         }
-        let app = http::app_of(&shard.apps, &head).map(|a| a.0 as usize);
+        let app = http::app_of(&shard, &head).map(|a| a.0 as usize);
         shard
             .metrics
             .add_http(app, (head_len + len) as u64, bytes.len() as u64);
@@ -220,13 +221,20 @@ async fn upgrade(shard: Rc<Shard>, mut link: Link, head: RequestHead) {
     }
     let query = crate::auth::parse_query(head.uri.query().unwrap_or(""));
     drop(head);
-    let (app, refusal) = match shard.apps.by_key(&key) {
-        None => (None, Some(ErrorCode::AppDoesNotExist)),
-        Some((_, cfg)) if !cfg.enabled => (None, Some(ErrorCode::AppDisabled)),
-        Some((idx, cfg)) => (
-            Some(idx),
-            check_protocol(&query).or_else(|| admit(&shard, idx, cfg)),
-        ),
+    let (app, refusal) = match shard.app_by_key(&key).await {
+        Outcome::Missing => (None, Some(ErrorCode::AppDoesNotExist)),
+        Outcome::Unavailable => (None, Some(ErrorCode::AppsUnavailable)),
+        Outcome::Found(idx) => {
+            let cfg = shard.apps.get(idx);
+            if cfg.enabled {
+                (
+                    Some(idx),
+                    check_protocol(&query).or_else(|| admit(&shard, idx, &cfg)),
+                )
+            } else {
+                (None, Some(ErrorCode::AppDisabled))
+            }
+        }
     };
     let (Some(app), None) = (app, refusal) else {
         let code = refusal.unwrap_or(ErrorCode::AppDoesNotExist);

@@ -5,6 +5,7 @@
 //! while a socket is full), the inbox loop that drains the rings from other shards, and a
 //! once-a-second sweep for activity timeouts and stuck closes.
 
+mod apps;
 mod conn;
 mod driver;
 mod home;
@@ -96,6 +97,8 @@ pub struct Shard {
     stop_waker: RefCell<Option<std::task::Waker>>,
     /// REST requests being handled; shutdown lets them finish.
     pub http_in_flight: Cell<usize>,
+    /// With a database app manager: this shard's answers and its link to the manager.
+    dynamic_apps: Option<apps::ShardApps>,
 }
 
 /// Process-wide state the shards share (never touched on the delivery path).
@@ -176,6 +179,8 @@ pub struct Context {
     pub metrics: Arc<ShardMetrics>,
     pub webhooks: Webhooks,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// This shard's link to the app-manager thread, with a database app manager.
+    pub app_manager: Option<crate::app::manager::ShardClient>,
 }
 
 /// Starts shard `id` on its own thread and returns its handle.
@@ -197,6 +202,7 @@ pub fn spawn(
                 metrics,
                 webhooks,
                 tls,
+                app_manager,
             } = cx;
             let (outbox, inbox) = links;
             let handshakes = RefCell::new(handshake_bucket(&config, config.shards));
@@ -207,8 +213,8 @@ pub fn spawn(
                 bridge,
                 shards: config.shards,
                 node,
-                registry: RefCell::new(Registry::new(apps.len())),
-                rosters: RefCell::new(Rosters::new(apps.len())),
+                registry: RefCell::new(Registry::new(apps.capacity())),
+                rosters: RefCell::new(Rosters::new(apps.capacity())),
                 cache: RefCell::new(AHashMap::new()),
                 queries: RefCell::new(AHashMap::new()),
                 pending_announcements: RefCell::new(Vec::new()),
@@ -228,6 +234,7 @@ pub fn spawn(
                 stop_waker: RefCell::new(None),
                 http_in_flight: Cell::new(0),
                 server,
+                dynamic_apps: app_manager.map(apps::ShardApps::new),
             });
             let (mut runtime, driver, why) = match build_runtime(shard.config.io_driver) {
                 Ok(built) => built,

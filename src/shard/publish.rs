@@ -257,6 +257,7 @@ pub(super) async fn inbox_loop(shard: Rc<Shard>, mut inbox: Inbox) {
     loop {
         inbox.ready(&mut bell).await;
         super::lifecycle::notice(&shard);
+        shard.take_app_messages();
         loop {
             let n = inbox.drain(DRAIN_BATCH, |e| shard.handle_envelope(e));
             shard.flush_dirty();

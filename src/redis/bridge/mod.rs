@@ -201,7 +201,7 @@ impl Bridge {
     }
 
     fn app_id(&self, app: AppIdx) -> &str {
-        &self.apps.get(app).id
+        self.apps.id(app)
     }
 
     /// Delivers a frame on this node and publishes it to the others.
