@@ -324,6 +324,11 @@ fn app_manager_samples(stats: &ManagerStats) -> Vec<Sample> {
             get(&stats.cache_hits),
         ),
         Sample::counter(
+            "corecast_app_manager_coalesced_total",
+            "App lookups answered by the query of another lookup for the same key or id.",
+            get(&stats.coalesced),
+        ),
+        Sample::counter(
             "corecast_app_manager_misses_total",
             "Queries that found no app.",
             get(&stats.misses),
@@ -340,8 +345,13 @@ fn app_manager_samples(stats: &ManagerStats) -> Vec<Sample> {
         ),
         Sample::counter(
             "corecast_app_manager_queries_total",
-            "Queries sent to the database.",
+            "Queries sent to the database for lookups.",
             get(&stats.queries),
+        ),
+        Sample::counter(
+            "corecast_app_manager_refreshes_total",
+            "Queries sent to the database to re-read known apps.",
+            get(&stats.refreshes),
         ),
         Sample::counter(
             "corecast_app_manager_query_seconds_total",

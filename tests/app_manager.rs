@@ -88,14 +88,29 @@ impl Db for postgres::Postgres {
 
 /// Inserts an enabled app without limits.
 fn insert(db: &dyn Db, id: &str, client_messages: bool) {
+    insert_with_webhooks(db, id, client_messages, "NULL");
+}
+
+/// Inserts an enabled app without limits, with `webhooks` (SQL text: `NULL` or a string).
+fn insert_with_webhooks(db: &dyn Db, id: &str, client_messages: bool, webhooks: &str) {
     let key = db.key_column();
     db.sql(&format!(
         "INSERT INTO apps (id, {key}, secret, max_connections, enable_client_messages, enabled, \
          max_backend_events_per_sec, max_client_events_per_sec, max_read_req_per_sec, webhooks, \
          max_presence_members_per_channel, enable_user_authentication) \
-         VALUES ('{id}', 'key-{id}', 'secret-{id}', -1, {}, 1, -1, -1, -1, NULL, NULL, 0)",
+         VALUES ('{id}', 'key-{id}', 'secret-{id}', -1, {}, 1, -1, -1, -1, {webhooks}, NULL, 0)",
         u8::from(client_messages)
     ));
+}
+
+/// A server metric (an unlabelled sample) from `/metrics`.
+fn metric(s: &Server, name: &str) -> f64 {
+    let port = s.metrics_port.expect("metrics enabled");
+    let (_, body) = common::http(port, "GET", "/metrics", &[], b"").expect("scrape");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not exported"))
 }
 
 /// The cache TTL the server runs with, in seconds.
@@ -106,6 +121,7 @@ fn server(db: &dyn Db) -> Server {
     let mut pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     pairs.push(("SOKETI_APP_MANAGER_CACHE_ENABLED", "true"));
     pairs.push(("SOKETI_APP_MANAGER_CACHE_TTL", "1"));
+    pairs.push(("SOKETI_METRICS_ENABLED", "true"));
     start(2, &pairs)
 }
 
@@ -239,6 +255,58 @@ fn apps_from_a_database_follow_the_table(db: &mut dyn Db) {
         200
     );
     assert!(got(&mut g, "for-gamma"));
+
+    // Many sockets that come at once with a new key are answered by one query.
+    insert(db, "crowd", false);
+    let queries = metric(&s, "corecast_app_manager_queries_total");
+    let go = std::sync::Arc::new(std::sync::Barrier::new(20));
+    let port = s.port;
+    let crowd: Vec<_> = (0..20)
+        .map(|_| {
+            let go = std::sync::Arc::clone(&go);
+            std::thread::spawn(move || {
+                go.wait();
+                connect(port, "key-crowd")
+            })
+        })
+        .collect();
+    for c in crowd {
+        c.join().expect("client");
+    }
+    // One query, or two if the crowd outlasted the 1 s TTL on a loaded machine.
+    let asked = metric(&s, "corecast_app_manager_queries_total") - queries;
+    assert!(
+        (1.0..=2.0).contains(&asked),
+        "20 concurrent first connections took {asked} queries"
+    );
+
+    // The row's webhooks: a channel occupied on this app reaches its receiver, signed with
+    // the app's key and secret.
+    let (hook_port, received) = common::receiver::start();
+    let hooks = format!(
+        "'[{{\"url\": \"http://127.0.0.1:{hook_port}/hook\", \"event_types\": [\"channel_occupied\"]}}]'"
+    );
+    insert_with_webhooks(db, "hooked", false, &hooks);
+    let (mut h, _) = connect(s.port, "key-hooked");
+    h.subscribe("watched");
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            common::receiver::events(&received)
+                .contains(&("channel_occupied".into(), "watched".into()))
+        }),
+        "the row's webhook fires: {:?}",
+        common::receiver::events(&received)
+    );
+    let request = received.lock().expect("requests")[0].clone();
+    assert_eq!(request.header("x-pusher-key"), Some("key-hooked"));
+    assert_eq!(
+        request.header("x-pusher-signature").map(str::to_owned),
+        Some(hmac_hex(
+            "secret-hooked",
+            &String::from_utf8_lossy(&request.body)
+        ))
+    );
+    drop(h);
 
     // A rotated secret: the old one is refused within the TTL, the new one accepted.
     db.sql("UPDATE apps SET secret = 'rotated' WHERE id = 'alpha'");

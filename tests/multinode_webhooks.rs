@@ -4,89 +4,22 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::receiver::{self, Requests};
 use common::redis_server::RedisServer;
 use common::rest::{KEY, SECRET, hmac_hex, post};
 use common::{Ws, start};
-use serde_json::{Value, json};
+use serde_json::json;
 
-/// Every webhook event received: its name and `channel[/user_id]`.
-type Seen = Arc<Mutex<Vec<(String, String)>>>;
-
-/// Accepts webhook POSTs and keeps every event name with its channel.
-fn receiver() -> (u16, Seen) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let keep = Arc::clone(&seen);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut stream = stream;
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 8192];
-            let body = loop {
-                let Ok(n) = stream.read(&mut chunk) else {
-                    break None;
-                };
-                if n == 0 {
-                    break None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                    continue;
-                };
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap_or(0))
-                    })
-                    .unwrap_or(0);
-                if buf.len() >= end + 4 + len {
-                    break Some(buf[end + 4..end + 4 + len].to_vec());
-                }
-            };
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            if let Some(body) = body
-                && let Ok(v) = serde_json::from_slice::<Value>(&body)
-            {
-                let mut seen = keep
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                for e in v["events"].as_array().into_iter().flatten() {
-                    let name = e["name"].as_str().unwrap_or_default().to_owned();
-                    let detail = format!(
-                        "{}{}",
-                        e["channel"].as_str().unwrap_or_default(),
-                        e["user_id"]
-                            .as_str()
-                            .map(|u| format!("/{u}"))
-                            .unwrap_or_default()
-                    );
-                    seen.push((name, detail));
-                }
-            }
-        }
-    });
-    (port, seen)
-}
-
-fn count(seen: &Mutex<Vec<(String, String)>>, name: &str, detail: &str) -> usize {
-    seen.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+fn count(seen: &Requests, name: &str, detail: &str) -> usize {
+    receiver::events(seen)
         .iter()
         .filter(|(n, d)| n == name && d == detail)
         .count()
 }
 
-fn settle(seen: &Mutex<Vec<(String, String)>>, name: &str, detail: &str, want: usize) {
+fn settle(seen: &Requests, name: &str, detail: &str, want: usize) {
     let deadline = Instant::now() + Duration::from_secs(8);
     while count(seen, name, detail) < want && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -97,7 +30,7 @@ fn settle(seen: &Mutex<Vec<(String, String)>>, name: &str, detail: &str, want: u
         count(seen, name, detail),
         want,
         "{name} {detail}: {:?}",
-        seen.lock().map(|s| s.clone()).unwrap_or_default()
+        receiver::events(seen)
     );
 }
 
@@ -114,7 +47,7 @@ fn join(ws: &mut Ws, socket_id: &str, channel: &str, user: &str) {
 #[test]
 fn occupancy_and_membership_webhooks_fire_once_for_the_cluster() {
     let redis = RedisServer::start();
-    let (hook_port, seen) = receiver();
+    let (hook_port, seen) = receiver::start();
     let hooks = json!([{"url": format!("http://127.0.0.1:{hook_port}/hook"),
         "event_types": ["channel_occupied", "channel_vacated", "member_added", "member_removed"]}])
     .to_string();

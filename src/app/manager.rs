@@ -31,6 +31,8 @@ use crate::webhooks::{AppHooks, Webhooks};
 pub const MISS_TTL: Duration = Duration::from_secs(2);
 /// How often known apps are re-read when the app cache is off.
 pub const UNCACHED_REFRESH: Duration = Duration::from_secs(5);
+/// Decided answers kept to match requests made meanwhile; pruned past this many.
+const ANSWERED_PRUNE_AT: usize = 4096;
 /// Longest wait between attempts while the database is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -52,6 +54,9 @@ pub struct Request {
     pub shard: usize,
     /// The shard's own number for the waiting task.
     pub ticket: u64,
+    /// When the shard asked: a request made before an answer for the same key or id was
+    /// decided gets that answer, without another query.
+    pub at: Instant,
 }
 
 /// What the app manager tells a shard.
@@ -94,14 +99,18 @@ pub struct ManagerStats {
     pub lookups: AtomicU64,
     /// Answered from the manager's cache without a query.
     pub cache_hits: AtomicU64,
+    /// Answered by the query of another request for the same key or id.
+    pub coalesced: AtomicU64,
     /// Queries that found no row.
     pub misses: AtomicU64,
     /// Queries that failed (database unreachable or a bad row).
     pub errors: AtomicU64,
     /// Known apps answered from their last row while the database was unreachable.
     pub stale: AtomicU64,
-    /// Queries sent, and their total time in microseconds.
+    /// Queries sent for lookups, and the time of all queries in microseconds.
     pub queries: AtomicU64,
+    /// Queries sent to re-read known apps.
+    pub refreshes: AtomicU64,
     pub query_micros: AtomicU64,
     /// 1 while the database answers.
     pub up: AtomicU64,
@@ -164,6 +173,7 @@ pub fn spawn(
                 by_key: AHashMap::new(),
                 by_id: AHashMap::new(),
                 slots: AHashMap::new(),
+                answered: AHashMap::new(),
                 retry_at: None,
                 backoff: Duration::from_millis(100),
                 was_up: None,
@@ -191,6 +201,8 @@ struct Manager {
     by_id: AHashMap<String, Entry>,
     /// Every app ever put in the table, by id.
     slots: AHashMap<String, AppIdx>,
+    /// The last answer decided for each key or id, with when.
+    answered: AHashMap<Lookup, (Outcome, Duration, Instant)>,
     /// While the database is unreachable: when to query it again.
     retry_at: Option<Instant>,
     backoff: Duration,
@@ -218,7 +230,8 @@ impl Manager {
         }
     }
 
-    /// Answers a batch of requests, one query per distinct key or id.
+    /// Answers a batch of requests: one query per distinct key or id, none for a request
+    /// made while the answer for its key or id was being decided.
     fn answer(&mut self, batch: Vec<Request>) {
         if batch.is_empty() {
             return;
@@ -226,31 +239,55 @@ impl Manager {
         self.stats
             .lookups
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let mut groups: Vec<(Lookup, Vec<(usize, u64)>)> = Vec::new();
+        let mut woken = vec![false; self.shards.len()];
+        let mut groups: AHashMap<Lookup, Vec<(usize, u64)>> = AHashMap::new();
         for r in batch {
-            match groups.iter_mut().find(|(by, _)| *by == r.by) {
-                Some((_, waiters)) => waiters.push((r.shard, r.ticket)),
-                None => groups.push((r.by, vec![(r.shard, r.ticket)])),
+            match self.answered.get(&r.by) {
+                Some(&(outcome, fresh_for, decided)) if r.at <= decided => {
+                    self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+                    self.reply(r.shard, r.ticket, outcome, fresh_for, &mut woken);
+                }
+                _ => groups.entry(r.by).or_default().push((r.shard, r.ticket)),
             }
         }
-        let mut woken = vec![false; self.shards.len()];
         for (by, waiters) in groups {
             let (outcome, fresh_for) = self.resolve(&by);
+            self.stats
+                .coalesced
+                .fetch_add(waiters.len() as u64 - 1, Ordering::Relaxed);
             for (shard, ticket) in waiters {
-                if let Some((mailbox, _)) = self.shards.get(shard) {
-                    mailbox.put(ToShard::Resolved {
-                        ticket,
-                        outcome,
-                        fresh_for,
-                    });
-                    woken[shard] = true;
-                }
+                self.reply(shard, ticket, outcome, fresh_for, &mut woken);
             }
+            self.answered
+                .insert(by, (outcome, fresh_for, Instant::now()));
+        }
+        if self.answered.len() > ANSWERED_PRUNE_AT {
+            // A request waits at most a few seconds: older answers can match none.
+            self.answered
+                .retain(|_, (_, _, decided)| decided.elapsed() < Duration::from_secs(10));
         }
         for (i, woken) in woken.into_iter().enumerate() {
             if woken {
                 self.shards[i].1.poke();
             }
+        }
+    }
+
+    fn reply(
+        &self,
+        shard: usize,
+        ticket: u64,
+        outcome: Outcome,
+        fresh_for: Duration,
+        woken: &mut [bool],
+    ) {
+        if let Some((mailbox, _)) = self.shards.get(shard) {
+            mailbox.put(ToShard::Resolved {
+                ticket,
+                outcome,
+                fresh_for,
+            });
+            woken[shard] = true;
         }
     }
 
@@ -282,7 +319,7 @@ impl Manager {
         if self.retry_at.is_some_and(|at| Instant::now() < at) {
             return self.unreachable(cached);
         }
-        match self.query(by) {
+        match self.query(by, false) {
             Ok(Some(row)) => {
                 let outcome = self
                     .upsert(row)
@@ -318,10 +355,15 @@ impl Manager {
     }
 
     /// One query; `Err` when the database did not answer (state logged once).
-    fn query(&mut self, by: &Lookup) -> Result<Option<AppConfig>, ()> {
+    fn query(&mut self, by: &Lookup, refresh: bool) -> Result<Option<AppConfig>, ()> {
         let started = Instant::now();
         let result = self.source.find(by);
-        self.stats.queries.fetch_add(1, Ordering::Relaxed);
+        let counter = if refresh {
+            &self.stats.refreshes
+        } else {
+            &self.stats.queries
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         self.stats
             .query_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -414,7 +456,7 @@ impl Manager {
             .map(|(id, idx)| (id.clone(), *idx))
             .collect();
         for (id, idx) in known {
-            match self.query(&Lookup::Id(id.clone())) {
+            match self.query(&Lookup::Id(id.clone()), true) {
                 Ok(Some(row)) if row.id == id => {
                     self.upsert(row);
                 }
@@ -454,4 +496,112 @@ impl Manager {
 pub struct ShardClient {
     pub requests: Sender<Request>,
     pub mailbox: Arc<Mailbox>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::app::source::SourceError;
+
+    /// A database that takes `delay` per query and has one app, counting its queries.
+    struct SlowTable {
+        delay: Duration,
+        queries: Arc<AtomicUsize>,
+    }
+
+    impl AppSource for SlowTable {
+        fn find(&mut self, by: &Lookup) -> Result<Option<AppConfig>, SourceError> {
+            self.queries.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(self.delay);
+            Ok(match by {
+                Lookup::Key(k) if k == "k" => Some(AppConfig::new("a", "k", "s")),
+                Lookup::Id(i) if i == "a" => Some(AppConfig::new("a", "k", "s")),
+                _ => None,
+            })
+        }
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+    }
+
+    /// A manager without cache over [`SlowTable`], one shard; its request sender, the
+    /// shard's mailbox and the query counter.
+    fn manager(delay: Duration) -> (Sender<Request>, Arc<Mailbox>, Arc<AtomicUsize>) {
+        let queries = Arc::new(AtomicUsize::new(0));
+        let source = SlowTable {
+            delay,
+            queries: Arc::clone(&queries),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mailbox = Arc::new(Mailbox::default());
+        let links = crate::fanout::mesh(1, 16);
+        let waker = links[0].1.waker();
+        spawn(
+            Box::new(source),
+            Arc::new(AppTable::dynamic(4)),
+            ManagerSettings {
+                cache_ttl: Duration::ZERO,
+            },
+            rx,
+            vec![(Arc::clone(&mailbox), waker)],
+            Webhooks::disabled(),
+            Arc::new(ManagerStats::default()),
+        )
+        .expect("thread");
+        (tx, mailbox, queries)
+    }
+
+    fn ask(tx: &Sender<Request>, ticket: u64) {
+        tx.send(Request {
+            by: Lookup::Key("k".into()),
+            shard: 0,
+            ticket,
+            at: Instant::now(),
+        })
+        .expect("manager runs");
+    }
+
+    /// Waits for `n` answers; their outcomes.
+    fn answers(mailbox: &Mailbox, n: usize) -> Vec<Outcome> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut got = Vec::new();
+        while got.len() < n && Instant::now() < deadline {
+            for m in mailbox.take() {
+                if let ToShard::Resolved { outcome, .. } = m {
+                    got.push(outcome);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        got
+    }
+
+    #[test]
+    fn lookups_made_while_a_query_runs_share_its_answer() {
+        let (tx, mailbox, queries) = manager(Duration::from_millis(200));
+        ask(&tx, 0);
+        std::thread::sleep(Duration::from_millis(50));
+        for ticket in 1..20 {
+            ask(&tx, ticket);
+        }
+        let got = answers(&mailbox, 20);
+        assert_eq!(got, vec![Outcome::Found(AppIdx(0)); 20]);
+        assert_eq!(
+            queries.load(Ordering::SeqCst),
+            1,
+            "one query for 20 lookups"
+        );
+    }
+
+    #[test]
+    fn without_a_cache_a_later_lookup_queries_again() {
+        let (tx, mailbox, queries) = manager(Duration::from_millis(1));
+        ask(&tx, 0);
+        assert_eq!(answers(&mailbox, 1), vec![Outcome::Found(AppIdx(0))]);
+        ask(&tx, 1);
+        assert_eq!(answers(&mailbox, 1), vec![Outcome::Found(AppIdx(0))]);
+        assert_eq!(queries.load(Ordering::SeqCst), 2);
+    }
 }

@@ -145,6 +145,7 @@ impl Shard {
             by,
             shard: self.id,
             ticket,
+            at: Instant::now(),
         };
         if apps.client.requests.send(request).is_err() {
             apps.waiting.borrow_mut().remove(&ticket);

@@ -2,6 +2,7 @@
 //! client over a real TCP socket, so tests see exactly what a client sees.
 #![allow(dead_code)]
 
+pub mod receiver;
 pub mod redis_server;
 pub mod rest;
 
