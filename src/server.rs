@@ -381,6 +381,11 @@ fn redis_samples(stats: &BridgeStats) -> Vec<Sample> {
             get(&stats.received),
         ),
         Sample::counter(
+            "corecast_redis_received_bytes_total",
+            "Bytes of the messages received from other nodes.",
+            get(&stats.received_bytes),
+        ),
+        Sample::counter(
             "corecast_redis_dropped_total",
             "Cross-node messages dropped while Redis was unreachable.",
             get(&stats.dropped),

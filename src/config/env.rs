@@ -55,6 +55,7 @@ pub const VARS: &[EnvVar] = &[
     var("CORECAST_MAX_OUTBOUND_KB", "maxOutboundKb", "1024", "per-connection send queue bound; past it the socket is closed"),
     var("CORECAST_MAX_WS_MESSAGE_KB", "maxWsMessageKb", "256", "largest WebSocket message accepted from a client"),
     var("CORECAST_PONG_TIMEOUT", "pongTimeout", "30", "seconds to wait for a pong before closing with 4201"),
+    var("CORECAST_REDIS_INTEREST", "adapter.redis.interest", "true", "redis adapter: a node receives only the events of channels it has subscribers for"),
     var("CORECAST_RING_CAPACITY", "ringCapacity", "16384", "envelopes per shard-to-shard ring"),
     var("CORECAST_SHARDS", "shards", "(available cores)", "shard threads, one per core"),
     var("SOKETI_ADAPTER_CLUSTER_REQUESTS_TIMEOUT", "adapter.cluster.requestsTimeout", "5000", IGNORED),

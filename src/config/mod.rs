@@ -171,6 +171,10 @@ pub struct RedisConfig {
     /// `SOKETI_ADAPTER_REDIS_REQUESTS_TIMEOUT` (ms): how long a cross-node question waits
     /// for answers, 5 s.
     pub requests_timeout: Duration,
+    /// `CORECAST_REDIS_INTEREST`: a node receives from Redis only the events of channels
+    /// it has subscribers for (one pub/sub channel per Pusher channel), instead of every
+    /// event published anywhere, true.
+    pub interest: bool,
 }
 
 /// TLS files, as Soketi's `ssl.*` (`SOKETI_SSL_CERT`, `_KEY`, `_PASS`, `_CA`); empty when unset.
@@ -232,6 +236,7 @@ impl Default for Config {
                 key_prefix: String::new(),
                 channel_prefix: String::new(),
                 requests_timeout: Duration::from_millis(5000),
+                interest: true,
             },
             webhooks_batching: false,
             webhooks_batching_duration: Duration::from_millis(50),

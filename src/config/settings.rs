@@ -100,6 +100,7 @@ impl Builder {
             }
             "adapter.redis.prefix" => c.redis.channel_prefix = value::string(&raw, o)?,
             "adapter.redis.requestsTimeout" => c.redis.requests_timeout = value::millis(&raw, o)?,
+            "adapter.redis.interest" => c.redis.interest = value::boolean(&raw, o)?,
             "adapter.redis.clusterMode" | "adapter.redis.shardMode" => {
                 if value::boolean(&raw, o)? {
                     return Err(unsupported(&raw, o, "it connects to a single Redis server"));

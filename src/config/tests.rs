@@ -44,6 +44,7 @@ const CASES: &[(&str, &str, Check)] = &[
     ("SOKETI_ADAPTER_DRIVER", "redis", |c| c.adapter == AdapterDriver::Redis),
     ("SOKETI_ADAPTER_REDIS_PREFIX", "cc", |c| c.redis.channel_prefix == "cc"),
     ("SOKETI_ADAPTER_REDIS_REQUESTS_TIMEOUT", "750", |c| c.redis.requests_timeout == Duration::from_millis(750)),
+    ("CORECAST_REDIS_INTEREST", "false", |c| !c.redis.interest),
     ("SOKETI_APP_MANAGER_CACHE_ENABLED", "true", |c| c.app_manager.cache_enabled),
     ("SOKETI_APP_MANAGER_CACHE_TTL", "300", |c| c.app_manager.cache_ttl == Some(Duration::from_secs(300))),
     ("SOKETI_APP_MANAGER_DRIVER", "array", |c| c.apps.len() == 1),

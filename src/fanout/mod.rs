@@ -99,6 +99,22 @@ pub enum Envelope {
         channel: Arc<str>,
         delta: i32,
     },
+    /// To the redis bridge (interest routing): shard `from` got its first local
+    /// subscriber of `channel` (`on`), or lost its last (`!on`).
+    Interest {
+        app: AppIdx,
+        channel: Arc<str>,
+        from: usize,
+        on: bool,
+    },
+    /// From the redis bridge: this node listens to `channel` in Redis now, so events
+    /// published anywhere reach it; `last` is a cache channel's last event, if Redis has
+    /// one. Held subscription confirmations go out.
+    InterestReady {
+        app: AppIdx,
+        channel: Arc<str>,
+        last: Option<Bytes>,
+    },
     /// From the redis bridge after (re)connecting: send your rosters and counts.
     RosterDump,
     /// A shard's rosters (`app, channel, user, info`) and local subscription counts.
@@ -207,6 +223,27 @@ pub struct Inbox {
 /// made on the consumer's thread: `Bell::default()` there).
 #[derive(Default)]
 pub struct Bell(Option<monoio::net::UnixStream>);
+
+impl Bell {
+    /// Waits for a ring of the bell (after [`Inbox::ready_or_sleep`] said no), then
+    /// empties it.
+    pub async fn wait(&self) {
+        match &self.0 {
+            Some(listener) => {
+                let _ = listener.readable(false).await;
+                let fd = std::os::fd::AsRawFd::as_raw_fd(listener);
+                let mut sink = [0u8; 64];
+                // SAFETY: `sink` is valid for writes of its length; drains the bell.
+                while unsafe {
+                    libc::recv(fd, sink.as_mut_ptr().cast(), sink.len(), libc::MSG_DONTWAIT)
+                } > 0
+                {}
+            }
+            // No bell (it could not be registered): poll gently instead.
+            None => monoio::time::sleep(std::time::Duration::from_millis(1)).await,
+        }
+    }
+}
 
 /// Builds the mesh for `shards` shards with rings of `capacity` envelopes; element `i` is
 /// shard `i`'s outbox and inbox.
@@ -326,35 +363,64 @@ impl Inbox {
     /// Waits until some ring holds an envelope (or the inbox was poked). Must be called
     /// on the consumer's runtime.
     pub async fn ready(&mut self, listener: &mut Bell) {
+        while !self.ready_or_sleep(listener) {
+            listener.wait().await;
+        }
+    }
+
+    /// True when some ring holds an envelope (or the inbox was poked); otherwise marks the
+    /// consumer asleep, so the next producer rings `listener`, and returns false: then
+    /// await [`Bell::wait`] (without holding the inbox) and ask again.
+    pub fn ready_or_sleep(&mut self, listener: &mut Bell) -> bool {
+        if self.has_items() {
+            return true;
+        }
+        self.signal.sleeping.store(true, Ordering::SeqCst);
+        if self.has_items() {
+            self.signal.sleeping.store(false, Ordering::SeqCst);
+            return true;
+        }
+        if listener.0.is_none()
+            && let Some(bell) = self.bell.take()
+        {
+            listener.0 = monoio::net::UnixStream::from_std(bell).ok();
+        }
+        false
+    }
+
+    /// Takes up to `max` envelopes in causal order: rings are read until a pass finds
+    /// them all empty, so everything pushed before any envelope taken is taken too, and
+    /// publishes that came through different rings are put in the order they entered
+    /// the mesh (`at`). Without that, two publishes one client made in turn through two
+    /// shards could be passed on in the wrong order.
+    pub fn drain_ordered(&mut self, max: usize, out: &mut Vec<Envelope>) -> usize {
+        let start = out.len();
+        let mut rings_used = 0;
         loop {
-            if self.has_items() {
-                return;
-            }
-            self.signal.sleeping.store(true, Ordering::SeqCst);
-            if self.has_items() {
-                self.signal.sleeping.store(false, Ordering::SeqCst);
-                return;
-            }
-            if listener.0.is_none()
-                && let Some(bell) = self.bell.take()
-            {
-                listener.0 = monoio::net::UnixStream::from_std(bell).ok();
-            }
-            match &listener.0 {
-                Some(listener) => {
-                    let _ = listener.readable(false).await;
-                    let fd = std::os::fd::AsRawFd::as_raw_fd(listener);
-                    let mut sink = [0u8; 64];
-                    // SAFETY: `sink` is valid for writes of its length; drains the bell.
-                    while unsafe {
-                        libc::recv(fd, sink.as_mut_ptr().cast(), sink.len(), libc::MSG_DONTWAIT)
-                    } > 0
-                    {}
+            let before = out.len();
+            for ring in &mut self.rings {
+                let ring_before = out.len();
+                while out.len() - start < max {
+                    match ring.pop() {
+                        Ok(envelope) => out.push(envelope),
+                        Err(_) => break,
+                    }
                 }
-                // No bell (it could not be registered): poll gently instead.
-                None => monoio::time::sleep(std::time::Duration::from_millis(1)).await,
+                if out.len() > ring_before {
+                    rings_used += 1;
+                }
+            }
+            if out.len() == before || out.len() - start >= max {
+                break;
             }
         }
+        if rings_used > 1 {
+            out[start..].sort_by_key(|e| match e {
+                Envelope::Publish { at, .. } => Some(*at),
+                _ => None,
+            });
+        }
+        out.len() - start
     }
 
     /// Envelopes waiting in all rings (the ring-depth gauge).
@@ -381,6 +447,26 @@ mod tests {
             cache: false,
             at: std::time::Instant::now(),
         }
+    }
+
+    #[test]
+    fn drain_ordered_puts_publishes_from_different_rings_in_publish_order() {
+        let mut shards = mesh(3, 8);
+        // Shard 1 publishes first, then shard 0: a drain that reads shard 0's ring first
+        // would hand them on the wrong way round.
+        shards[1].0.push(2, publish(1)).expect("room");
+        shards[0].0.push(2, publish(2)).expect("room");
+        shards[1].0.push(2, publish(3)).expect("room");
+        let mut out = Vec::new();
+        assert_eq!(shards[2].1.drain_ordered(100, &mut out), 3);
+        let frames: Vec<Bytes> = out
+            .into_iter()
+            .filter_map(|e| match e {
+                Envelope::Publish { frame, .. } => Some(frame),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(frames, ["1", "2", "3"].map(Bytes::from));
     }
 
     #[test]

@@ -158,6 +158,7 @@ pub async fn trigger_batch(shard: &Rc<Shard>, app_idx: AppIdx, body: &mut [u8]) 
 }
 
 fn publish(shard: &Rc<Shard>, app_idx: AppIdx, event: &Checked<'_>) {
+    shard.catch_up();
     let data = match &event.data {
         DataText::Str(s) => Data::Str(s),
         DataText::Json(j) => Data::Json(j),

@@ -243,6 +243,26 @@ impl Subscriber {
         Ok(())
     }
 
+    /// Splits the connection so one task reads pushes ([`SubReader`]) while others
+    /// change subscriptions ([`SubWriter`]); confirmations then arrive as pushes.
+    pub fn split(self) -> (SubReader, SubWriter) {
+        let Socket {
+            stream, read_buf, ..
+        } = self.sock;
+        let (read, write) = monoio::io::Splitable::into_split(stream);
+        (
+            SubReader {
+                stream: read,
+                read_buf,
+                pending: self.pending,
+            },
+            SubWriter {
+                stream: write,
+                write_buf: BytesMut::new(),
+            },
+        )
+    }
+
     /// An error reply leaves the stream in step; anything else does not.
     fn unexpected(&mut self, reply: Reply) -> RedisError {
         match reply {
@@ -252,6 +272,61 @@ impl Subscriber {
             }
             other => RedisError::Protocol(format!("unexpected reply in pub/sub mode: {other:?}")),
         }
+    }
+}
+
+/// The read side of a split [`Subscriber`].
+pub struct SubReader {
+    stream: monoio::net::tcp::TcpOwnedReadHalf,
+    read_buf: BytesMut,
+    pending: VecDeque<(Bytes, Bytes)>,
+}
+
+impl SubReader {
+    /// The next push: a message, or the confirmation of a (un)subscribe. Not
+    /// cancel-safe: run it in a task of its own.
+    pub async fn next_event(&mut self) -> Result<PushEvent, RedisError> {
+        if let Some((channel, payload)) = self.pending.pop_front() {
+            return Ok(PushEvent::Message { channel, payload });
+        }
+        loop {
+            if let Some(reply) = resp::decode_reply(&mut self.read_buf)? {
+                return match resp::push_event(reply) {
+                    Ok(event) => Ok(event),
+                    Err(Reply::Error(msg)) => Err(RedisError::Server(msg)),
+                    Err(other) => Err(RedisError::Protocol(format!(
+                        "unexpected reply in pub/sub mode: {other:?}"
+                    ))),
+                };
+            }
+            fill(&mut self.stream, &mut self.read_buf).await?;
+        }
+    }
+}
+
+/// The write side of a split [`Subscriber`].
+pub struct SubWriter {
+    stream: monoio::net::tcp::TcpOwnedWriteHalf,
+    write_buf: BytesMut,
+}
+
+impl SubWriter {
+    /// Sends `command` (`SUBSCRIBE`, `UNSUBSCRIBE`) for `channels` without waiting: the
+    /// reader sees one confirmation per channel.
+    pub async fn send(&mut self, command: &[u8], channels: &[&[u8]]) -> Result<(), RedisError> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        let mut args = Vec::with_capacity(channels.len() + 1);
+        args.push(command);
+        args.extend_from_slice(channels);
+        resp::encode_command(&mut self.write_buf, &args);
+        let buf = std::mem::take(&mut self.write_buf);
+        let (result, mut buf) = self.stream.write_all(buf).await;
+        buf.clear();
+        self.write_buf = buf;
+        result?;
+        Ok(())
     }
 }
 
@@ -383,20 +458,25 @@ impl Socket {
 
     /// Appends at least one byte from the socket to `read_buf`.
     async fn fill(&mut self) -> Result<(), RedisError> {
-        // Small replies share one chunk (each payload handed out pins its chunk, so do
-        // not start a fresh one per message). A long partial reply is parsed again
-        // after every read, so the reads grow with it: O(log n) parses, not O(n).
-        let filled = self.read_buf.len();
-        if self.read_buf.capacity() - filled < (READ_CHUNK / 4).max(filled) {
-            self.read_buf.reserve(READ_CHUNK.max(filled));
-        }
-        let buf = std::mem::take(&mut self.read_buf);
-        let (result, slice) = self.stream.read(buf.slice_mut(filled..)).await;
-        self.read_buf = slice.into_inner();
-        match result? {
-            0 => Err(RedisError::Closed),
-            _ => Ok(()),
-        }
+        fill(&mut self.stream, &mut self.read_buf).await
+    }
+}
+
+/// Appends at least one byte from `stream` to `read_buf`.
+async fn fill<R: AsyncReadRent>(stream: &mut R, read_buf: &mut BytesMut) -> Result<(), RedisError> {
+    // Small replies share one chunk (each payload handed out pins its chunk, so do not
+    // start a fresh one per message). A long partial reply is parsed again after every
+    // read, so the reads grow with it: O(log n) parses, not O(n).
+    let filled = read_buf.len();
+    if read_buf.capacity() - filled < (READ_CHUNK / 4).max(filled) {
+        read_buf.reserve(READ_CHUNK.max(filled));
+    }
+    let buf = std::mem::take(read_buf);
+    let (result, slice) = stream.read(buf.slice_mut(filled..)).await;
+    *read_buf = slice.into_inner();
+    match result? {
+        0 => Err(RedisError::Closed),
+        _ => Ok(()),
     }
 }
 

@@ -64,6 +64,7 @@ return n
 #[derive(Debug, Clone)]
 pub struct Keys {
     key_prefix: String,
+    channel_prefix: String,
     /// The pub/sub channel every node listens on.
     pub broadcast: String,
 }
@@ -74,8 +75,22 @@ impl Keys {
     pub fn new(key_prefix: &str, channel_prefix: &str) -> Self {
         Self {
             key_prefix: key_prefix.to_owned(),
+            channel_prefix: channel_prefix.to_owned(),
             broadcast: format!("{channel_prefix}corecast#broadcast"),
         }
+    }
+
+    /// The pub/sub channel of one Pusher channel, which only nodes with subscribers of
+    /// it listen on (interest routing).
+    #[must_use]
+    pub fn topic(&self, app_id: &str, channel: &str) -> String {
+        format!("{}corecast#ch#{app_id}#{channel}", self.channel_prefix)
+    }
+
+    /// The last event of a cache channel, for nodes that subscribe after it was sent.
+    #[must_use]
+    pub fn cache(&self, app_id: &str, channel: &str) -> String {
+        format!("{}corecast:cache:{app_id}:{channel}", self.key_prefix)
     }
 
     /// Members of a presence channel: `user_id -> user_info`.

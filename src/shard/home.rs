@@ -99,8 +99,12 @@ impl Shard {
                 rosters.prune(app, &channel);
             }
             Envelope::RosterDump => self.dump_rosters(),
+            Envelope::InterestReady { app, channel, last } => {
+                self.interest_ready(app, &channel, last);
+            }
             // Only the redis bridge receives these.
-            Envelope::ClusterJoin { .. }
+            Envelope::Interest { .. }
+            | Envelope::ClusterJoin { .. }
             | Envelope::ClusterLeave { .. }
             | Envelope::SubscriptionDelta { .. }
             | Envelope::RosterEntries { .. } => {}

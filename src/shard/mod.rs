@@ -99,6 +99,12 @@ pub struct Shard {
     pub http_in_flight: Cell<usize>,
     /// With a database app manager: this shard's answers and its link to the manager.
     dynamic_apps: Option<apps::ShardApps>,
+    /// With interest routing: channels new to this shard whose Redis subscription is not
+    /// confirmed yet, and the subscription confirmations held until it is.
+    held: RefCell<HeldConfirmations>,
+    /// The rings from the other shards (and the bridge), read by the inbox loop and,
+    /// before a REST or client publish, by [`Shard::catch_up`].
+    inbox: RefCell<Option<Inbox>>,
 }
 
 /// Process-wide state the shards share (never touched on the delivery path).
@@ -157,6 +163,10 @@ impl ServerState {
 
 /// A cache channel's last event and when it was published.
 pub type CachedEvent = (Bytes, Instant);
+
+/// Subscription confirmations held for interest routing, per channel: socket, its
+/// serial, the frame.
+type HeldConfirmations = AHashMap<(AppIdx, Arc<str>), Vec<(ConnKey, u64, Bytes)>>;
 
 /// A `member_added` waiting to be published: app, channel, frame, the joining socket.
 type Announcement = (AppIdx, Arc<str>, Bytes, Option<SocketId>);
@@ -235,6 +245,8 @@ pub fn spawn(
                 http_in_flight: Cell::new(0),
                 server,
                 dynamic_apps: app_manager.map(apps::ShardApps::new),
+                held: RefCell::new(AHashMap::new()),
+                inbox: RefCell::new(None),
             });
             let (mut runtime, driver, why) = match build_runtime(shard.config.io_driver) {
                 Ok(built) => built,
@@ -386,7 +398,8 @@ async fn serve(shard: Rc<Shard>, inbox: Inbox, startup: Startup) {
     shard
         .listener_fd
         .set(std::os::fd::AsRawFd::as_raw_fd(&listener));
-    monoio::spawn(publish::inbox_loop(Rc::clone(&shard), inbox));
+    *shard.inbox.borrow_mut() = Some(inbox);
+    monoio::spawn(publish::inbox_loop(Rc::clone(&shard)));
     monoio::spawn(sweep::sweep_loop(Rc::clone(&shard)));
     monoio::spawn(accept_loop(Rc::clone(&shard), listener));
     lifecycle::stopped(&shard).await;

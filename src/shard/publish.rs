@@ -252,21 +252,55 @@ async fn writer(shard: Rc<Shard>, key: ConnKey, serial: u64, stream: Rc<monoio::
 }
 
 /// Drains the rings from other shards for as long as the shard lives.
-pub(super) async fn inbox_loop(shard: Rc<Shard>, mut inbox: Inbox) {
+pub(super) async fn inbox_loop(shard: Rc<Shard>) {
     let mut bell = crate::fanout::Bell::default();
+    let mut batch = Vec::new();
     loop {
-        inbox.ready(&mut bell).await;
+        // The inbox is borrowed only between waits: `catch_up` reads it too.
+        while !shard
+            .inbox
+            .borrow_mut()
+            .as_mut()
+            .is_some_and(|inbox| inbox.ready_or_sleep(&mut bell))
+        {
+            bell.wait().await;
+        }
         super::lifecycle::notice(&shard);
         shard.take_app_messages();
         loop {
-            let n = inbox.drain(DRAIN_BATCH, |e| shard.handle_envelope(e));
+            let n = shard.take_inbox(DRAIN_BATCH, &mut batch);
+            for envelope in batch.drain(..) {
+                shard.handle_envelope(envelope);
+            }
             shard.flush_dirty();
-            shard.metrics.set_ring_depth(inbox.depth() as u64);
+            let depth = shard.inbox.borrow().as_ref().map_or(0, Inbox::depth);
+            shard.metrics.set_ring_depth(depth as u64);
             if n < DRAIN_BATCH {
                 break;
             }
             // Let readers and the accept loop run between large batches.
             super::yield_now().await;
+        }
+    }
+}
+
+impl Shard {
+    /// Takes up to `max` envelopes from the rings, in causal order.
+    fn take_inbox(&self, max: usize, batch: &mut Vec<Envelope>) -> usize {
+        self.inbox
+            .borrow_mut()
+            .as_mut()
+            .map_or(0, |inbox| inbox.drain_ordered(max, batch))
+    }
+
+    /// Hands on what other shards published before this shard publishes for a client
+    /// (REST, client events): a client whose requests land on different shards sees its
+    /// events in the order it sent them.
+    pub fn catch_up(&self) {
+        let mut batch = Vec::new();
+        self.take_inbox(DRAIN_BATCH, &mut batch);
+        for envelope in batch {
+            self.handle_envelope(envelope);
         }
     }
 }

@@ -116,8 +116,45 @@ impl Shard {
             return;
         }
         self.add_subscription(key, app_idx, channel, None);
-        self.send_to(key, subscription_succeeded(channel, "{}"));
-        self.replay_cache(key, app_idx, channel);
+        self.confirm_subscription(key, app_idx, channel, subscription_succeeded(channel, "{}"));
+    }
+
+    /// Sends `subscription_succeeded` (and a cache channel's replay), or holds them while
+    /// this node's Redis subscription to the channel is not confirmed (interest routing).
+    fn confirm_subscription(&self, key: ConnKey, app: AppIdx, channel: &str, frame: Bytes) {
+        let mut held = self.held.borrow_mut();
+        if let Some(waiting) = held.get_mut(&(app, Arc::from(channel))) {
+            let serial = self.conns.borrow().get(key).map_or(0, |c| c.serial);
+            waiting.push((key, serial, frame));
+            return;
+        }
+        drop(held);
+        self.send_to(key, frame);
+        self.replay_cache(key, app, channel);
+    }
+
+    /// The bridge listens to `channel` in Redis now: held confirmations go out, after a
+    /// cache channel's last event from Redis is kept (if this shard has none newer).
+    pub(super) fn interest_ready(&self, app: AppIdx, channel: &str, last: Option<Bytes>) {
+        let Some(waiting) = self.held.borrow_mut().remove(&(app, Arc::from(channel))) else {
+            return;
+        };
+        if let Some(frame) = last
+            && !self.cache.borrow().contains_key(&(app, Arc::from(channel)))
+        {
+            self.remember(app, channel, &frame);
+        }
+        for (key, serial, frame) in waiting {
+            let live = self
+                .conns
+                .borrow()
+                .get(key)
+                .is_some_and(|c| c.serial == serial);
+            if live {
+                self.send_to(key, frame);
+                self.replay_cache(key, app, channel);
+            }
+        }
     }
 
     fn join_presence(&self, app: AppIdx, channel: &str, member: Member, socket: SocketRef) {
@@ -172,8 +209,7 @@ impl Shard {
             self.leave_presence(app, channel, user_id);
             return;
         }
-        self.send_to(socket.key, frame);
-        self.replay_cache(socket.key, app, channel);
+        self.confirm_subscription(socket.key, app, channel, frame);
     }
 
     /// Puts `key` on `channel`; false when it already was.
@@ -194,6 +230,7 @@ impl Shard {
             .is_some_and(|s| s.len() == 1);
         if first {
             self.local_occupancy(app, channel, true);
+            self.tell_interest(app, channel, true);
         }
         self.count_subscription(app, channel, 1);
         if let Some(c) = self.conns.borrow_mut().get_mut(key) {
@@ -262,9 +299,32 @@ impl Shard {
         }
         if self.registry.borrow().subscribers(app, channel).is_none() {
             self.local_occupancy(app, channel, false);
+            self.tell_interest(app, channel, false);
         }
         self.count_subscription(app, channel, -1);
         true
+    }
+
+    /// With interest routing, tells the bridge this shard's first subscriber of `channel`
+    /// arrived (its confirmations are held until the bridge answers) or its last left.
+    fn tell_interest(&self, app: AppIdx, channel: &str, on: bool) {
+        let Some(bridge) = self.bridge else { return };
+        if !self.config.redis.interest || channel.starts_with('#') {
+            return;
+        }
+        if on {
+            self.held
+                .borrow_mut()
+                .entry((app, Arc::from(channel)))
+                .or_default();
+        }
+        let envelope = Envelope::Interest {
+            app,
+            channel: Arc::from(channel),
+            from: self.id,
+            on,
+        };
+        self.send_envelope(bridge, envelope);
     }
 
     /// With the redis adapter, tells the bridge this node's count for `channel` changed

@@ -157,6 +157,7 @@ impl Shard {
             data: Data::Json(data),
             user_id: member.as_deref(),
         });
+        self.catch_up();
         self.publish(app_idx, channel, &frame, Some(socket_id), true);
         let a = app_idx.0 as usize;
         if self.webhooks.wants(a, WebhookEvent::ClientEvent, channel) {

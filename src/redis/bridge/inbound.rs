@@ -1,6 +1,7 @@
 //! The pub/sub side: other nodes' messages handed to every local shard.
 
 use super::*;
+use crate::redis::resp::PushEvent;
 
 /// Listens on the broadcast channel and hands other nodes' messages to every shard.
 pub(super) async fn subscriber_loop(bridge: Rc<Bridge>) {
@@ -18,18 +19,41 @@ pub(super) async fn subscriber_loop(bridge: Rc<Bridge>) {
                 continue;
             }
         };
-        if sub
-            .subscribe(&[bridge.keys.broadcast.as_bytes()])
-            .await
-            .is_err()
-        {
+        let topics = bridge.interest.reset_for_reconnect();
+        let mut channels: Vec<&[u8]> = topics.iter().map(|t| t.as_bytes()).collect();
+        channels.push(bridge.keys.broadcast.as_bytes());
+        if sub.subscribe(&channels).await.is_err() {
             monoio::time::sleep(backoff.next_delay()).await;
             continue;
         }
+        bridge.interest.subscribed_all(&topics);
+        bridge.own_waker.poke();
         backoff.reset();
         was_up = true;
+        // Reading goes on in this task; (un)subscribing for interest routing is written
+        // by a task of its own, and Redis confirms each change on the read side.
+        let (mut reader, writer) = sub.split();
+        let generation = bridge.sub_generation.get();
+        monoio::spawn(super::interest::writer_loop(
+            Rc::clone(&bridge),
+            writer,
+            generation,
+        ));
         bridge.sub_up.set(true);
-        while let Ok((_, payload)) = sub.next_message().await {
+        while let Ok(event) = reader.next_event().await {
+            let payload = match event {
+                PushEvent::Message { payload, .. } => payload,
+                PushEvent::Subscribed { channel, .. } => {
+                    bridge.interest.confirm(&channel, true);
+                    bridge.own_waker.poke();
+                    continue;
+                }
+                PushEvent::Unsubscribed { channel, .. } => {
+                    bridge.interest.confirm(&channel, false);
+                    continue;
+                }
+                _ => continue,
+            };
             let Ok(message) = Message::decode(&payload) else {
                 continue;
             };
@@ -37,9 +61,11 @@ pub(super) async fn subscriber_loop(bridge: Rc<Bridge>) {
                 continue;
             }
             bump(&bridge.stats.received, 1);
+            bump(&bridge.stats.received_bytes, payload.len() as u64);
             dispatch(&bridge, message).await;
         }
         bridge.sub_up.set(false);
+        super::interest::retire_writer(&bridge);
         eprintln!("corecast: redis subscriber disconnected; reconnecting");
     }
 }

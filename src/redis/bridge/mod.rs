@@ -13,6 +13,7 @@
 
 mod cluster;
 mod inbound;
+mod interest;
 mod presence;
 
 use std::cell::{Cell, RefCell};
@@ -31,7 +32,7 @@ use crate::app::{AppIdx, AppTable};
 use crate::config::Config;
 use crate::config::WebhookEvent;
 use crate::fanout::{
-    ChannelPart, Envelope, Inbox, Outbox, Query, QueryReply, RosterEntry, SocketRef,
+    ChannelPart, Envelope, Inbox, InboxWaker, Outbox, Query, QueryReply, RosterEntry, SocketRef,
 };
 use crate::protocol::{
     member_added_frame, member_removed_frame, subscription_error_frame, subscription_succeeded,
@@ -55,8 +56,9 @@ const RING_PATIENCE: Duration = Duration::from_secs(2);
 pub struct BridgeStats {
     /// Messages published to other nodes.
     pub published: AtomicU64,
-    /// Messages received from other nodes.
+    /// Messages received from other nodes, and their bytes.
     pub received: AtomicU64,
+    pub received_bytes: AtomicU64,
     /// Publishes dropped while Redis was unreachable.
     pub dropped: AtomicU64,
     /// Messages from other nodes dropped because a shard's ring stayed full.
@@ -86,6 +88,7 @@ pub fn spawn(
         .name("corecast-redis".into())
         .spawn(move || {
             let (outbox, inbox) = links;
+            let own_waker = inbox.waker();
             let bridge = Rc::new(Bridge {
                 opts: RedisOptions {
                     host: config.redis.host.clone(),
@@ -105,6 +108,12 @@ pub fn spawn(
                 sub_up: Cell::new(false),
                 mine: RefCell::new(AHashSet::new()),
                 webhooks,
+                interest_routing: config.redis.interest,
+                cache_ttl: config.cache_ttl,
+                interest: interest::Interest::default(),
+                pending_ready: RefCell::new(Vec::new()),
+                sub_generation: Cell::new(0),
+                own_waker,
             });
             let run = move || async move {
                 monoio::spawn(subscriber_loop(Rc::clone(&bridge)));
@@ -137,6 +146,19 @@ struct Bridge {
     mine: RefCell<AHashSet<String>>,
     /// Cluster-wide webhooks (occupancy, members) are sent by the node that decides them.
     webhooks: Webhooks,
+    /// Publish each channel's events on a pub/sub channel of its own, listened to only by
+    /// nodes with subscribers (`CORECAST_REDIS_INTEREST`).
+    interest_routing: bool,
+    /// How long Redis keeps a cache channel's last event.
+    cache_ttl: Duration,
+    /// Which channels this node listens to in Redis.
+    interest: interest::Interest,
+    /// Shards whose interest can be confirmed at once: `(app, channel, shards)`.
+    pending_ready: RefCell<Vec<interest::Ready>>,
+    /// Bumped when the pub/sub connection is replaced, to end the old writer.
+    sub_generation: Cell<u64>,
+    /// Wakes the command loop (a confirmation arrived on the pub/sub connection).
+    own_waker: InboxWaker,
 }
 
 /// A resync in progress: rosters and counts collected from the shards.
@@ -235,7 +257,7 @@ impl Bridge {
     fn publish_cmd(&self, message: &Message) -> Vec<Bytes> {
         vec![
             Bytes::from_static(b"PUBLISH"),
-            Bytes::from(self.keys.broadcast.clone()),
+            Bytes::from(self.destination(message)),
             message.encode(),
         ]
     }
@@ -296,7 +318,7 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
             Ordering::Relaxed,
         );
         let mut batch = Vec::new();
-        inbox.drain(BATCH, |e| batch.push(e));
+        inbox.drain_ordered(BATCH, &mut batch);
         if batch.is_empty() && bridge.stats.stop.load(Ordering::Acquire) && inbox.depth() == 0 {
             return;
         }
@@ -320,6 +342,15 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
                 ) => {
                     *deltas.entry((app, channel)).or_insert(0) += i64::from(delta);
                 }
+                (
+                    _,
+                    Envelope::Interest {
+                        app,
+                        channel,
+                        from,
+                        on,
+                    },
+                ) => bridge.interest(app, channel, from, on),
                 (None, e) => offline(&bridge, e),
                 (Some(c), e) => {
                     if let Err(err) = online(&bridge, c, e, &mut cmds).await {
@@ -331,6 +362,7 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
                 }
             }
         }
+        bridge.answer_confirmed(conn.as_mut()).await;
         if let Some(c) = conn.as_mut() {
             if !deltas.is_empty() {
                 let key = Bytes::from(bridge.keys.node_channels(bridge.node));
@@ -499,6 +531,17 @@ async fn online(
             cache,
             ..
         } => {
+            if cache && bridge.interest_routing {
+                // Nodes that start listening later read it from here.
+                let ttl = bridge.cache_ttl.as_millis().max(1).to_string();
+                cmds.push(vec![
+                    Bytes::from_static(b"SET"),
+                    Bytes::from(bridge.keys.cache(bridge.app_id(app), &channel)),
+                    frame.clone(),
+                    Bytes::from_static(b"PX"),
+                    Bytes::from(ttl),
+                ]);
+            }
             cmds.push(bridge.publish_cmd(&Message::Publish {
                 node: bridge.node,
                 app_id: bridge.app_id(app).to_owned(),
