@@ -154,10 +154,17 @@ impl IoDriverChoice {
 /// Connection to Redis for the redis adapter (Soketi's `database.redis.*` and `adapter.redis.*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
-    /// `SOKETI_DB_REDIS_HOST`, `127.0.0.1`.
+    /// `SOKETI_DB_REDIS_HOST`, `127.0.0.1`; unused with `sentinels`.
     pub host: String,
-    /// `SOKETI_DB_REDIS_PORT`, 6379.
+    /// `SOKETI_DB_REDIS_PORT`, 6379; unused with `sentinels`.
     pub port: u16,
+    /// `SOKETI_DB_REDIS_SENTINELS` (JSON list of `{host, port}`): Redis Sentinels that
+    /// name the master on every connect; empty (the default) connects to `host:port`.
+    pub sentinels: Vec<(String, u16)>,
+    /// `SOKETI_DB_REDIS_INSTANCE_NAME`: the master's name at the sentinels, `mymaster`.
+    pub name: String,
+    /// `SOKETI_DB_REDIS_SENTINEL_PASSWORD`: `AUTH` for the sentinels, none.
+    pub sentinel_password: Option<String>,
     /// `SOKETI_DB_REDIS_DB`, 0.
     pub db: u32,
     /// `SOKETI_DB_REDIS_USERNAME` for `AUTH user pass`, none.
@@ -230,6 +237,9 @@ impl Default for Config {
             redis: RedisConfig {
                 host: "127.0.0.1".to_owned(),
                 port: 6379,
+                sentinels: Vec::new(),
+                name: "mymaster".to_owned(),
+                sentinel_password: None,
                 db: 0,
                 username: None,
                 password: None,

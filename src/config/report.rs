@@ -459,6 +459,17 @@ fn effective(c: &Config, key: &str) -> Option<Option<String>> {
         "database.redis.username" => c.redis.username.clone(),
         "database.redis.password" => c.redis.password.clone(),
         "database.redis.keyPrefix" => s(&c.redis.key_prefix),
+        "database.redis.sentinels" => (!c.redis.sentinels.is_empty()).then(|| {
+            let list: Vec<Value> = c
+                .redis
+                .sentinels
+                .iter()
+                .map(|(host, port)| json!({"host": host, "port": port}))
+                .collect();
+            Value::Array(list).to_string()
+        }),
+        "database.redis.name" => s(&c.redis.name),
+        "database.redis.sentinelPassword" => c.redis.sentinel_password.clone(),
         _ => {
             let field = key.strip_prefix("appManager.array.apps.0.")?;
             return c.apps.first().and_then(|app| app_value(app, field));

@@ -22,8 +22,6 @@ const IGNORED: &[&str] = &[
     "cache",
     "cluster",
     "cors",
-    "database.redis.name",
-    "database.redis.sentinelPassword",
     "httpApi.acceptTraffic",
     "instance",
     "queue",
@@ -115,7 +113,12 @@ impl Builder {
             "database.redis.username" => c.redis.username = value::optional_string(&raw, o)?,
             "database.redis.password" => c.redis.password = value::optional_string(&raw, o)?,
             "database.redis.keyPrefix" => c.redis.key_prefix = value::string(&raw, o)?,
-            "database.redis.sentinels" | "database.redis.clusterNodes" => {
+            "database.redis.sentinels" => c.redis.sentinels = sentinel_list(&raw, o)?,
+            "database.redis.name" => c.redis.name = value::non_empty(&raw, o)?,
+            "database.redis.sentinelPassword" => {
+                c.redis.sentinel_password = value::optional_string(&raw, o)?
+            }
+            "database.redis.clusterNodes" => {
                 let list = value::json(&raw, o)?;
                 if !(list.is_null() || list.as_array().is_some_and(Vec::is_empty)) {
                     return Err(unsupported(&raw, o, "it connects to a single Redis server"));
@@ -226,6 +229,46 @@ fn app_list(raw: &Raw, option: &str) -> Result<Vec<AppFields>, ConfigError> {
             _ => Err(Raw::Json(item.clone()).invalid(&format!("{option}.{i}"), "an app object")),
         })
         .collect()
+}
+
+/// `database.redis.sentinels`: a list of `{"host": ..., "port": ...}` (port 26379 when
+/// left out), or `null`.
+fn sentinel_list(raw: &Raw, option: &str) -> Result<Vec<(String, u16)>, ConfigError> {
+    let list = value::json(raw, option)?;
+    if list.is_null() {
+        return Ok(Vec::new());
+    }
+    let Some(items) = list.as_array() else {
+        return Err(raw.invalid(option, "a JSON list of {\"host\", \"port\"} objects"));
+    };
+    let mut sentinels = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("{option}.{i}");
+        let Value::Object(fields) = item else {
+            return Err(Raw::Json(item.clone()).invalid(&path, "a {\"host\", \"port\"} object"));
+        };
+        if let Some(other) = fields.keys().find(|k| *k != "host" && *k != "port") {
+            return Err(ConfigError::UnknownKey {
+                key: format!("{path}.{other}"),
+            });
+        }
+        let host_path = format!("{path}.host");
+        let host = match fields.get("host") {
+            Some(host) => value::non_empty(&Raw::Json(host.clone()), &host_path)?,
+            None => return Err(ConfigError::Missing { option: host_path }),
+        };
+        let port = match fields.get("port") {
+            // Sentinel's own default port.
+            None | Some(Value::Null) => 26379,
+            Some(port) => {
+                let port =
+                    value::integer(&Raw::Json(port.clone()), &format!("{path}.port"), 1, 65535)?;
+                u16::try_from(port).unwrap_or(u16::MAX)
+            }
+        };
+        sentinels.push((host, port));
+    }
+    Ok(sentinels)
 }
 
 /// Accepts only the listed values of a Soketi option whose other values pick a subsystem

@@ -69,9 +69,12 @@ const CASES: &[(&str, &str, Check)] = &[
     ("SOKETI_DB_POSTGRES_USERNAME", "soketi", |c| c.app_manager.postgres.user == "soketi"),
     ("SOKETI_DB_REDIS_DB", "3", |c| c.redis.db == 3),
     ("SOKETI_DB_REDIS_HOST", "redis.internal", |c| c.redis.host == "redis.internal"),
+    ("SOKETI_DB_REDIS_INSTANCE_NAME", "cache", |c| c.redis.name == "cache"),
     ("SOKETI_DB_REDIS_KEY_PREFIX", "k:", |c| c.redis.key_prefix == "k:"),
     ("SOKETI_DB_REDIS_PASSWORD", "hunter2", |c| c.redis.password.as_deref() == Some("hunter2")),
     ("SOKETI_DB_REDIS_PORT", "6380", |c| c.redis.port == 6380),
+    ("SOKETI_DB_REDIS_SENTINELS", r#"[{"host":"s1","port":26380},{"host":"s2"}]"#, |c| c.redis.sentinels == [("s1".to_owned(), 26380), ("s2".to_owned(), 26379)]),
+    ("SOKETI_DB_REDIS_SENTINEL_PASSWORD", "s3cret", |c| c.redis.sentinel_password.as_deref() == Some("s3cret")),
     ("SOKETI_DB_REDIS_USERNAME", "cc", |c| c.redis.username.as_deref() == Some("cc")),
     ("SOKETI_DEBUG", "1", |c| c.debug),
     ("SOKETI_DEFAULT_APP_ENABLED", "false", |c| !c.apps[0].enabled),
@@ -324,7 +327,7 @@ fn ignored_soketi_options_are_accepted() {
             Some(file),
             &[
                 ("SOKETI_QUEUE_DRIVER", "sqs"),
-                ("SOKETI_DB_REDIS_INSTANCE_NAME", "m")
+                ("SOKETI_ADAPTER_NATS_PREFIX", "n")
             ]
         )
         .is_ok()
@@ -349,7 +352,13 @@ const ERROR_CASES: &[ErrorCase] = &[
     (None, &[("SOKETI_APP_MANAGER_DRIVER", "dynamodb")], "SOKETI_APP_MANAGER_DRIVER: \"dynamodb\" is not supported by corecast (DynamoDB"),
     (None, &[("SOKETI_MODE", "worker")], "SOKETI_MODE: \"worker\" is not supported"),
     (None, &[("SOKETI_ADAPTER_REDIS_CLUSTER_MODE", "true")], "SOKETI_ADAPTER_REDIS_CLUSTER_MODE: \"true\" is not"),
-    (None, &[("SOKETI_DB_REDIS_SENTINELS", r#"[{"host":"s"}]"#)], "SOKETI_DB_REDIS_SENTINELS: \"[{"),
+    (None, &[("SOKETI_DB_REDIS_CLUSTER_NODES", r#"[{"host":"s"}]"#)], "SOKETI_DB_REDIS_CLUSTER_NODES: \"[{"),
+    (None, &[("SOKETI_DB_REDIS_SENTINELS", r#"{"host":"s"}"#)], "invalid value for SOKETI_DB_REDIS_SENTINELS: \"{"),
+    (None, &[("SOKETI_DB_REDIS_SENTINELS", r#"[{"port":26379}]"#)], "SOKETI_DB_REDIS_SENTINELS.0.host is required"),
+    (None, &[("SOKETI_DB_REDIS_SENTINELS", r#"[{"host":"s"},{"host":"t","port":0}]"#)], "invalid value for SOKETI_DB_REDIS_SENTINELS.1.port: 0"),
+    (None, &[("SOKETI_DB_REDIS_SENTINELS", r#"[{"host":"s","pot":1}]"#)], "unknown config key \"SOKETI_DB_REDIS_SENTINELS.0.pot\""),
+    (None, &[("SOKETI_DB_REDIS_SENTINELS", "[\"s:26379\"]")], "invalid value for SOKETI_DB_REDIS_SENTINELS.0: \"s:26379\""),
+    (Some(r#"{"database": {"redis": {"name": ""}}}"#), &[], "invalid value for database.redis.name: \"\""),
     (None, &[("SOKETI_CHANNEL_MAX_NAME_LENGTH", "5"), ("SOKETI_CHANNEL_LIMITS_MAX_NAME_LENGTH", "6")], "only one of"),
     (Some(r#"{"prot": 1}"#), &[], "unknown config key \"prot\""),
     (Some(r#"{"eventLimits": {"maxNameLenght": 1}}"#), &[], "unknown config key \"eventLimits.maxNameLenght\""),

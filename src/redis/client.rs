@@ -12,7 +12,11 @@
 //! `monoio::time::timeout`): its reply would otherwise be taken as the next call's.
 //! So run a [`Subscriber`] in a task of its own that loops on
 //! [`Subscriber::next_message`], rather than racing that future against others.
-//! An error *reply* (`-ERR ...`) is not a failure: the connection stays in step.
+//! An error *reply* (`-ERR ...`) is not a failure: the connection stays in step. Except
+//! `-READONLY`: the server is a replica now (its master was failed over), so the call
+//! returns [`RedisError::NotMaster`] and the connection is done with, as after an I/O
+//! error. With [`RedisOptions::sentinels`] every connect asks the sentinels where the
+//! master is (see [`super::sentinel`]).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -27,6 +31,7 @@ use monoio::net::TcpStream;
 
 pub use super::resp::Reply;
 use super::resp::{self, ProtocolError, PushEvent};
+use super::sentinel::{Sentinels, SwitchMark};
 
 /// Where and how to connect.
 #[derive(Clone)]
@@ -40,8 +45,13 @@ pub struct RedisOptions {
     pub password: Option<String>,
     /// Database for `SELECT`; 0 sends nothing. Pub/sub ignores it.
     pub db: u32,
-    /// Budget for the whole connect: TCP handshake, `AUTH` and `SELECT` together.
+    /// Budget for the whole connect: asking the sentinels, TCP handshake, `AUTH`,
+    /// `SELECT` and `ROLE` together.
     pub connect_timeout: Duration,
+    /// Ask these sentinels for the master on every connect; `host` and `port` are then
+    /// unused. The connection checks with `ROLE` that it reached a master, and fails
+    /// with [`RedisError::NotMaster`] once the sentinels announce a new one.
+    pub sentinels: Option<Sentinels>,
 }
 
 impl Default for RedisOptions {
@@ -54,6 +64,7 @@ impl Default for RedisOptions {
             password: None,
             db: 0,
             connect_timeout: Duration::from_secs(5),
+            sentinels: None,
         }
     }
 }
@@ -68,6 +79,7 @@ impl fmt::Debug for RedisOptions {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("db", &self.db)
             .field("connect_timeout", &self.connect_timeout)
+            .field("sentinels", &self.sentinels)
             .finish()
     }
 }
@@ -86,6 +98,15 @@ pub enum RedisError {
     /// The connection is still usable, except when it came from `connect`.
     #[error("redis replied with an error: {0}")]
     Server(String),
+    /// No sentinel gave the master's address: none knows the instance name, or none
+    /// answered. Retry with backoff.
+    #[error("no sentinel gave the address of master {name:?} ({answers})")]
+    NoMaster { name: String, answers: String },
+    /// The server is not the master (any more): `ROLE` at connect said otherwise, a
+    /// write got `-READONLY`, or the sentinels announced a new master. The connection
+    /// is unusable: reconnect, which asks the sentinels again.
+    #[error("redis is not the master: {0}")]
+    NotMaster(String),
     /// Connecting (including `AUTH` and `SELECT`) took longer than `connect_timeout`.
     #[error("redis did not answer within the connect timeout")]
     Timeout,
@@ -127,13 +148,26 @@ impl Connection {
         let reply = self.sock.read_reply().await?;
         self.sock.end();
         match reply {
+            Reply::Error(msg) if is_readonly(&msg) => Err(self.sock.demoted(msg)),
             Reply::Error(msg) => Err(RedisError::Server(msg)),
             reply => Ok(reply),
         }
     }
 
+    /// The server this connection reached, as `host:port`.
+    pub fn server(&self) -> &str {
+        &self.sock.server
+    }
+
+    /// Connected through sentinels, which have announced a new master since: the next
+    /// call fails with [`RedisError::NotMaster`], so reconnect now.
+    pub fn moved(&self) -> bool {
+        self.sock.switch.as_ref().is_some_and(SwitchMark::moved)
+    }
+
     /// Sends many commands in one write and returns one reply per command, in order.
-    /// An error reply is [`Reply::Error`] in its place, not an `Err`.
+    /// An error reply is [`Reply::Error`] in its place, not an `Err`; but a `-READONLY`
+    /// among them fails the whole pipeline with [`RedisError::NotMaster`].
     pub async fn pipeline(&mut self, cmds: &[Vec<Bytes>]) -> Result<Vec<Reply>, RedisError> {
         if cmds.is_empty() {
             return Ok(Vec::new());
@@ -151,6 +185,13 @@ impl Connection {
             replies.push(self.sock.read_reply().await?);
         }
         self.sock.end();
+        let readonly = replies.iter().find_map(|r| match r {
+            Reply::Error(msg) if is_readonly(msg) => Some(msg.clone()),
+            _ => None,
+        });
+        if let Some(msg) = readonly {
+            return Err(self.sock.demoted(msg));
+        }
         Ok(replies)
     }
 }
@@ -191,12 +232,24 @@ impl Subscriber {
     }
 
     /// Waits for the next published message: `(channel, payload)`. Both are views into
-    /// the read buffer (no copy). Not cancel-safe: see the module docs.
+    /// the read buffer (no copy). Not cancel-safe: see the module docs. Connected
+    /// through sentinels, it also returns (with [`RedisError::NotMaster`]) when they
+    /// announce a new master.
     pub async fn next_message(&mut self) -> Result<(Bytes, Bytes), RedisError> {
         if let Some(message) = self.pending.pop_front() {
             return Ok(message);
         }
         self.sock.begin()?;
+        let Some(switched) = self.sock.switch.as_ref().map(SwitchMark::switched) else {
+            return self.read_message().await;
+        };
+        monoio::select! {
+            message = self.read_message() => message,
+            () = switched => Err(RedisError::NotMaster(MOVED.to_owned())),
+        }
+    }
+
+    async fn read_message(&mut self) -> Result<(Bytes, Bytes), RedisError> {
         loop {
             let reply = self.sock.read_reply().await?;
             match resp::push_event(reply) {
@@ -247,7 +300,10 @@ impl Subscriber {
     /// change subscriptions ([`SubWriter`]); confirmations then arrive as pushes.
     pub fn split(self) -> (SubReader, SubWriter) {
         let Socket {
-            stream, read_buf, ..
+            stream,
+            read_buf,
+            switch,
+            ..
         } = self.sock;
         let (read, write) = monoio::io::Splitable::into_split(stream);
         (
@@ -255,6 +311,7 @@ impl Subscriber {
                 stream: read,
                 read_buf,
                 pending: self.pending,
+                switch,
             },
             SubWriter {
                 stream: write,
@@ -280,15 +337,29 @@ pub struct SubReader {
     stream: monoio::net::tcp::TcpOwnedReadHalf,
     read_buf: BytesMut,
     pending: VecDeque<(Bytes, Bytes)>,
+    /// Connected through sentinels: when (see [`Socket::switch`]).
+    switch: Option<SwitchMark>,
 }
 
 impl SubReader {
     /// The next push: a message, or the confirmation of a (un)subscribe. Not
-    /// cancel-safe: run it in a task of its own.
+    /// cancel-safe: run it in a task of its own. Connected through sentinels, it fails
+    /// with [`RedisError::NotMaster`] (now and on every later call) once they announce a
+    /// new master.
     pub async fn next_event(&mut self) -> Result<PushEvent, RedisError> {
         if let Some((channel, payload)) = self.pending.pop_front() {
             return Ok(PushEvent::Message { channel, payload });
         }
+        let Some(switched) = self.switch.as_ref().map(SwitchMark::switched) else {
+            return self.read_event().await;
+        };
+        monoio::select! {
+            event = self.read_event() => event,
+            () = switched => Err(RedisError::NotMaster(MOVED.to_owned())),
+        }
+    }
+
+    async fn read_event(&mut self) -> Result<PushEvent, RedisError> {
         loop {
             if let Some(reply) = resp::decode_reply(&mut self.read_buf)? {
                 return match resp::push_event(reply) {
@@ -381,6 +452,10 @@ struct Socket {
     /// Set while a request/reply exchange runs. Still set when the next one starts
     /// means the last one failed or was cancelled: replies would be mismatched.
     out_of_step: bool,
+    /// `host:port` connected to.
+    server: String,
+    /// Connected through sentinels: when, to tell whether they announced a new master.
+    switch: Option<SwitchMark>,
 }
 
 impl Socket {
@@ -391,11 +466,20 @@ impl Socket {
     }
 
     async fn connect_untimed(opts: &RedisOptions) -> Result<Socket, RedisError> {
+        // Marked before asking: a switch announced meanwhile fails the first call.
+        let switch = opts.sentinels.as_ref().map(Sentinels::mark);
+        let (host, port) = match &opts.sentinels {
+            // Half the budget at most, so the master still has time to answer.
+            Some(sentinels) => sentinels.master(opts.connect_timeout / 2).await?,
+            None => (opts.host.clone(), opts.port),
+        };
         let mut sock = Socket {
-            stream: open(&opts.host, opts.port).await?,
+            stream: open(&host, port).await?,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             write_buf: BytesMut::new(),
             out_of_step: false,
+            server: format!("{host}:{port}"),
+            switch,
         };
         let db = opts.db.to_string();
         let mut expected = 0;
@@ -413,12 +497,34 @@ impl Socket {
             resp::encode_command(&mut sock.write_buf, &[b"SELECT", db.as_bytes()]);
             expected += 1;
         }
+        if sock.switch.is_some() {
+            resp::encode_command(&mut sock.write_buf, &[b"ROLE"]);
+            expected += 1;
+        }
+        let mut last = None;
         if expected > 0 {
             sock.flush().await?;
             for _ in 0..expected {
-                if let Reply::Error(msg) = sock.read_reply().await? {
-                    return Err(RedisError::Server(msg));
+                match sock.read_reply().await? {
+                    Reply::Error(msg) => return Err(RedisError::Server(msg)),
+                    reply => last = Some(reply),
                 }
+            }
+        }
+        if sock.switch.is_some() {
+            // The sentinels may name a master that was just demoted: `ROLE` decides.
+            let role = match &last {
+                Some(Reply::Array(items)) => match items.first() {
+                    Some(Reply::Bulk(role)) => String::from_utf8_lossy(role).into_owned(),
+                    _ => String::new(),
+                },
+                _ => String::new(),
+            };
+            if role != "master" {
+                return Err(RedisError::NotMaster(format!(
+                    "{}, named by the sentinels, has ROLE {role:?}",
+                    sock.server
+                )));
             }
         }
         Ok(sock)
@@ -429,7 +535,17 @@ impl Socket {
             return Err(RedisError::Closed);
         }
         self.out_of_step = true;
+        if self.switch.as_ref().is_some_and(SwitchMark::moved) {
+            return Err(RedisError::NotMaster(MOVED.to_owned()));
+        }
         Ok(())
+    }
+
+    /// A `-READONLY` reply: the server was demoted to a replica. No later call may use
+    /// this connection.
+    fn demoted(&mut self, msg: String) -> RedisError {
+        self.out_of_step = true;
+        RedisError::NotMaster(format!("{} replied {msg}", self.server))
     }
 
     fn end(&mut self) {
@@ -495,6 +611,14 @@ async fn open(host: &str, port: u16) -> Result<TcpStream, RedisError> {
             format!("{host} resolves to no address"),
         )
     })))
+}
+
+/// Why a connection made through sentinels stops.
+const MOVED: &str = "the sentinels announced a new master";
+
+/// `-READONLY ...`: a write reached a replica.
+fn is_readonly(msg: &str) -> bool {
+    msg.starts_with("READONLY")
 }
 
 /// Redis silently ignores an empty command, so the reply would never come.

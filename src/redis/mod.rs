@@ -5,6 +5,7 @@
 //! - [`resp`]: RESP encoding and decoding, pure.
 //! - [`wire`]: the binary messages nodes publish to each other.
 //! - [`scripts`]: the Lua scripts that keep cluster presence rosters atomic.
+//! - [`sentinel`]: finding the master through Redis Sentinel, and hearing when it moves.
 //! - [`bridge`]: the thread: publishes what local shards send it, hands what other
 //!   nodes publish to every local shard, keeps cluster presence and counts in Redis,
 //!   heartbeats, and removes the members of nodes that died.
@@ -13,4 +14,5 @@ pub mod bridge;
 pub mod client;
 pub mod resp;
 pub mod scripts;
+pub mod sentinel;
 pub mod wire;

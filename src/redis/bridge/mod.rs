@@ -97,6 +97,7 @@ pub fn spawn(
                     password: config.redis.password.clone(),
                     db: config.redis.db,
                     connect_timeout: Duration::from_secs(2),
+                    sentinels: super::sentinel::Sentinels::from_config(&config.redis),
                 },
                 keys: Keys::new(&config.redis.key_prefix, &config.redis.channel_prefix),
                 shards: config.shards,
@@ -116,6 +117,10 @@ pub fn spawn(
                 own_waker,
             });
             let run = move || async move {
+                if let Some(sentinels) = bridge.opts.sentinels.clone() {
+                    let waker = bridge.own_waker.clone();
+                    monoio::spawn(super::sentinel::watch(sentinels, move || waker.poke()));
+                }
                 monoio::spawn(subscriber_loop(Rc::clone(&bridge)));
                 command_loop(bridge, inbox).await;
             };
@@ -272,6 +277,7 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
     let mut resync: Option<Resync> = None;
     let mut deltas: AHashMap<(AppIdx, Arc<str>), i64> = AHashMap::new();
     let mut was_up = false;
+    let mut last_failure: Option<String> = None;
     let mut bell = crate::fanout::Bell::default();
     loop {
         let mut wake = next_beat.min(retry_at).max(Instant::now());
@@ -281,17 +287,22 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
             wake = wake.min(Instant::now() + LISTENER_POLL);
         }
         let _ = monoio::time::timeout(wake - Instant::now(), inbox.ready(&mut bell)).await;
+        if conn.as_ref().is_some_and(Connection::moved) {
+            // The sentinels switched masters: move before the next write goes astray.
+            eprintln!("corecast: redis master moved; reconnecting");
+            conn = None;
+            was_up = false;
+            retry_at = Instant::now();
+        }
         if conn.is_none() && Instant::now() >= retry_at {
             match Connection::connect(&bridge.opts).await {
                 Ok(c) => {
+                    eprintln!("corecast: redis connected at {}", c.server());
                     conn = Some(c);
                     backoff.reset();
                     bump(&bridge.stats.connects, 1);
-                    eprintln!(
-                        "corecast: redis connected at {}:{}",
-                        bridge.opts.host, bridge.opts.port
-                    );
                     was_up = true;
+                    last_failure = None;
                     // Ask every shard for its rosters and counts to rebuild what Redis
                     // may have lost.
                     bridge.to_all_shards(|| Envelope::RosterDump);
@@ -305,10 +316,13 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
                     deltas.clear();
                 }
                 Err(e) => {
-                    if was_up {
-                        eprintln!("corecast: redis unreachable ({e}); retrying with backoff");
-                        was_up = false;
+                    // Once per change of cause (from start-up on), not once per retry.
+                    let why = e.to_string();
+                    if was_up || last_failure.as_ref() != Some(&why) {
+                        eprintln!("corecast: redis unreachable ({why}); retrying with backoff");
+                        last_failure = Some(why);
                     }
+                    was_up = false;
                     retry_at = Instant::now() + backoff.next_delay();
                 }
             }
