@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
 use common::rest::{KEY, SECRET, hmac_hex};
-use common::{Server, Ws, start, wait_linked};
+use common::{Server, Ws, start, subscribe_private, wait_linked};
 use serde_json::{Value, json};
 
 /// A node with 2 shards on the redis adapter, plus `extra` environment.
@@ -111,20 +111,6 @@ fn join(ws: &mut Ws, socket_id: &str, channel: &str, user: &str) -> Value {
 }
 
 /// Subscribes to a private channel with a valid signature.
-fn subscribe_private(ws: &mut Ws, socket_id: &str, channel: &str) {
-    let auth = format!(
-        "{KEY}:{}",
-        hmac_hex(SECRET, &format!("{socket_id}:{channel}"))
-    );
-    ws.send_json(json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth}}));
-    let reply = wait_event(ws, Duration::from_secs(5), |v| v["channel"] == channel)
-        .unwrap_or_else(|seen| panic!("no answer to subscribing {channel}: {seen:?}"));
-    assert_eq!(
-        reply["event"], "pusher_internal:subscription_succeeded",
-        "{reply}"
-    );
-}
-
 fn ids(presence: &Value) -> BTreeSet<String> {
     presence["ids"]
         .as_array()

@@ -9,8 +9,8 @@ use common::{frames_for, join_presence, user_ids, wait_event, wait_linked};
 use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
-use common::rest::{KEY, SECRET, hmac_hex, now, post};
-use common::{Server, Ws, http, start};
+use common::rest::{post, signed_get};
+use common::{Server, Ws, signed_in, start};
 use serde_json::{Value, json};
 
 /// How long a read may take to reflect subscriptions on another node (heartbeats are 2 s).
@@ -35,35 +35,6 @@ fn link(a: &Server, b: &Server) {
 }
 
 /// A signed GET, as the `pusher` libraries send it: `GET\npath\nsorted query`.
-fn signed_get(port: u16, path: &str, params: &[(&str, &str)]) -> (u16, Value) {
-    let mut query: Vec<(String, String)> = vec![
-        ("auth_key".into(), KEY.into()),
-        ("auth_timestamp".into(), now().to_string()),
-        ("auth_version".into(), "1.0".into()),
-    ];
-    query.extend(
-        params
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-    );
-    query.sort();
-    let query = query
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
-    let sig = hmac_hex(SECRET, &format!("GET\n{path}\n{query}"));
-    let (status, body) = http(
-        port,
-        "GET",
-        &format!("{path}?{query}&auth_signature={sig}"),
-        &[],
-        b"",
-    )
-    .expect("http");
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
-}
-
 /// Polls `read` until `ok` holds or [`CONVERGE`] passes; returns the last answer and
 /// whether it held.
 fn poll(mut read: impl FnMut() -> Value, ok: impl Fn(&Value) -> bool) -> (Value, bool) {
@@ -81,22 +52,6 @@ fn poll(mut read: impl FnMut() -> Value, ok: impl Fn(&Value) -> bool) -> (Value,
 }
 
 /// A socket on `port` signed in as `user`.
-fn signed_in(port: u16, user: &str) -> Ws {
-    let (mut ws, socket_id) = Ws::pusher(port);
-    let user_data = json!({"id": user}).to_string();
-    let auth = format!(
-        "{KEY}:{}",
-        hmac_hex(SECRET, &format!("{socket_id}::user::{user_data}"))
-    );
-    ws.send_json(json!({"event": "pusher:signin", "data": {"user_data": user_data, "auth": auth}}));
-    let ok = wait_event(&mut ws, Duration::from_secs(5), |v| {
-        v["event"] == "pusher:signin_success" || v["event"] == "pusher:error"
-    })
-    .unwrap_or_else(|seen| panic!("no answer to {user}'s signin: {seen:?}"));
-    assert_eq!(ok["event"], "pusher:signin_success", "{ok}");
-    ws
-}
-
 fn channel_names(v: &Value) -> Vec<String> {
     v["channels"]
         .as_object()

@@ -390,7 +390,7 @@ fn after_sentinel_failover_both_nodes_move_to_the_new_master_within_seconds() {
         );
     }
     // The roster lives on the new master.
-    let key = format!("corecast:presence:app-id:{channel}");
+    let key = format!("corecast:{{app-id}}:presence:{channel}");
     let mut in_redis: Vec<String> = match set.command(new_master, &["HKEYS", &key]) {
         Ok(Reply::Array(items)) => items
             .iter()

@@ -86,6 +86,15 @@ pub enum ConfigError {
         value: String,
     },
 
+    /// Two options that cannot be used together.
+    #[error("{options} cannot be used together: {reason}")]
+    Conflict {
+        /// The options, as in `a and b`.
+        options: &'static str,
+        /// Why, and what to do instead.
+        reason: &'static str,
+    },
+
     /// `appManager.array.apps` is an empty list: the server would accept no connection.
     #[error("appManager.array.apps is empty: at least one app is required")]
     NoApps,

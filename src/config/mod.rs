@@ -182,6 +182,16 @@ pub struct RedisConfig {
     /// it has subscribers for (one pub/sub channel per Pusher channel), instead of every
     /// event published anywhere, true.
     pub interest: bool,
+    /// `SOKETI_ADAPTER_REDIS_CLUSTER_MODE`: Redis is a Redis Cluster, found through
+    /// `cluster_nodes` (or `host:port` when that list is empty), false.
+    pub cluster_mode: bool,
+    /// `SOKETI_DB_REDIS_CLUSTER_NODES` (JSON list of `{host, port}` or `"host:port"`):
+    /// seed nodes of the Redis Cluster; the slot map is read from the first that answers.
+    pub cluster_nodes: Vec<(String, u16)>,
+    /// `SOKETI_ADAPTER_REDIS_SHARD_MODE`: use sharded pub/sub (`SPUBLISH` / `SSUBSCRIBE`,
+    /// Redis 7) also on a single Redis server. A Redis Cluster uses it whenever its
+    /// servers have it; without it both fall back to classic pub/sub, saying so. False.
+    pub shard_mode: bool,
 }
 
 /// TLS files, as Soketi's `ssl.*` (`SOKETI_SSL_CERT`, `_KEY`, `_PASS`, `_CA`); empty when unset.
@@ -247,6 +257,9 @@ impl Default for Config {
                 channel_prefix: String::new(),
                 requests_timeout: Duration::from_millis(5000),
                 interest: true,
+                cluster_mode: false,
+                cluster_nodes: Vec::new(),
+                shard_mode: false,
             },
             webhooks_batching: false,
             webhooks_batching_duration: Duration::from_millis(50),
@@ -391,6 +404,19 @@ impl Builder {
         self.config.app_manager.app_defaults = self.app_defaults.clone();
         if array && self.apps.is_empty() {
             return Err(ConfigError::NoApps);
+        }
+        let redis = &self.config.redis;
+        if redis.cluster_mode && !redis.sentinels.is_empty() {
+            return Err(ConfigError::Conflict {
+                options: "adapter.redis.clusterMode and database.redis.sentinels",
+                reason: "a Redis Cluster fails over by itself; use one or the other",
+            });
+        }
+        if redis.cluster_mode && redis.db != 0 {
+            return Err(ConfigError::Conflict {
+                options: "adapter.redis.clusterMode and database.redis.db",
+                reason: "a Redis Cluster has only database 0",
+            });
         }
         for (i, fields) in self.apps.iter().enumerate() {
             let prefix = format!("appManager.array.apps.{i}");

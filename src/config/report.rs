@@ -469,6 +469,17 @@ fn effective(c: &Config, key: &str) -> Option<Option<String>> {
             Value::Array(list).to_string()
         }),
         "database.redis.name" => s(&c.redis.name),
+        "database.redis.clusterNodes" => (!c.redis.cluster_nodes.is_empty()).then(|| {
+            let list: Vec<Value> = c
+                .redis
+                .cluster_nodes
+                .iter()
+                .map(|(host, port)| json!({"host": host, "port": port}))
+                .collect();
+            Value::Array(list).to_string()
+        }),
+        "adapter.redis.clusterMode" => n(&c.redis.cluster_mode),
+        "adapter.redis.shardMode" => n(&c.redis.shard_mode),
         "database.redis.sentinelPassword" => c.redis.sentinel_password.clone(),
         _ => {
             let field = key.strip_prefix("appManager.array.apps.0.")?;

@@ -99,11 +99,8 @@ impl Builder {
             "adapter.redis.prefix" => c.redis.channel_prefix = value::string(&raw, o)?,
             "adapter.redis.requestsTimeout" => c.redis.requests_timeout = value::millis(&raw, o)?,
             "adapter.redis.interest" => c.redis.interest = value::boolean(&raw, o)?,
-            "adapter.redis.clusterMode" | "adapter.redis.shardMode" => {
-                if value::boolean(&raw, o)? {
-                    return Err(unsupported(&raw, o, "it connects to a single Redis server"));
-                }
-            }
+            "adapter.redis.clusterMode" => c.redis.cluster_mode = value::boolean(&raw, o)?,
+            "adapter.redis.shardMode" => c.redis.shard_mode = value::boolean(&raw, o)?,
             "database.redis.host" => c.redis.host = value::non_empty(&raw, o)?,
             "database.redis.port" => c.redis.port = value::port(&raw, o)?,
             "database.redis.db" => {
@@ -113,16 +110,13 @@ impl Builder {
             "database.redis.username" => c.redis.username = value::optional_string(&raw, o)?,
             "database.redis.password" => c.redis.password = value::optional_string(&raw, o)?,
             "database.redis.keyPrefix" => c.redis.key_prefix = value::string(&raw, o)?,
-            "database.redis.sentinels" => c.redis.sentinels = sentinel_list(&raw, o)?,
+            "database.redis.sentinels" => c.redis.sentinels = address_list(&raw, o, 26379, false)?,
             "database.redis.name" => c.redis.name = value::non_empty(&raw, o)?,
             "database.redis.sentinelPassword" => {
                 c.redis.sentinel_password = value::optional_string(&raw, o)?
             }
             "database.redis.clusterNodes" => {
-                let list = value::json(&raw, o)?;
-                if !(list.is_null() || list.as_array().is_some_and(Vec::is_empty)) {
-                    return Err(unsupported(&raw, o, "it connects to a single Redis server"));
-                }
+                c.redis.cluster_nodes = address_list(&raw, o, 6379, true)?
             }
             "appManager.array.apps" => self.apps = app_list(&raw, o)?,
             "presence.maxMembersPerChannel" => {
@@ -231,19 +225,41 @@ fn app_list(raw: &Raw, option: &str) -> Result<Vec<AppFields>, ConfigError> {
         .collect()
 }
 
-/// `database.redis.sentinels`: a list of `{"host": ..., "port": ...}` (port 26379 when
-/// left out), or `null`.
-fn sentinel_list(raw: &Raw, option: &str) -> Result<Vec<(String, u16)>, ConfigError> {
+/// `database.redis.sentinels` and `.clusterNodes`: a list of `{"host": ..., "port": ...}`
+/// (`default_port` when left out), with `strings` also `"host:port"`, or `null`.
+fn address_list(
+    raw: &Raw,
+    option: &str,
+    default_port: u16,
+    strings: bool,
+) -> Result<Vec<(String, u16)>, ConfigError> {
+    let expected = if strings {
+        "a JSON list of {\"host\", \"port\"} objects or \"host:port\" strings"
+    } else {
+        "a JSON list of {\"host\", \"port\"} objects"
+    };
     let list = value::json(raw, option)?;
     if list.is_null() {
         return Ok(Vec::new());
     }
     let Some(items) = list.as_array() else {
-        return Err(raw.invalid(option, "a JSON list of {\"host\", \"port\"} objects"));
+        return Err(raw.invalid(option, expected));
     };
-    let mut sentinels = Vec::with_capacity(items.len());
+    let mut addrs = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let path = format!("{option}.{i}");
+        if strings && let Value::String(text) = item {
+            // ioredis's "host:port" form of a cluster node.
+            let parsed = text.rsplit_once(':').and_then(|(host, port)| {
+                let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+                (!host.is_empty()).then(|| (host.to_owned(), port))
+            });
+            match parsed {
+                Some(addr) => addrs.push(addr),
+                None => return Err(Raw::Json(item.clone()).invalid(&path, "\"host:port\"")),
+            }
+            continue;
+        }
         let Value::Object(fields) = item else {
             return Err(Raw::Json(item.clone()).invalid(&path, "a {\"host\", \"port\"} object"));
         };
@@ -258,17 +274,17 @@ fn sentinel_list(raw: &Raw, option: &str) -> Result<Vec<(String, u16)>, ConfigEr
             None => return Err(ConfigError::Missing { option: host_path }),
         };
         let port = match fields.get("port") {
-            // Sentinel's own default port.
-            None | Some(Value::Null) => 26379,
+            // The server's own default port (Redis or Sentinel).
+            None | Some(Value::Null) => default_port,
             Some(port) => {
                 let port =
                     value::integer(&Raw::Json(port.clone()), &format!("{path}.port"), 1, 65535)?;
                 u16::try_from(port).unwrap_or(u16::MAX)
             }
         };
-        sentinels.push((host, port));
+        addrs.push((host, port));
     }
-    Ok(sentinels)
+    Ok(addrs)
 }
 
 /// Accepts only the listed values of a Soketi option whose other values pick a subsystem

@@ -102,6 +102,10 @@ pub enum RedisError {
     /// answered. Retry with backoff.
     #[error("no sentinel gave the address of master {name:?} ({answers})")]
     NoMaster { name: String, answers: String },
+    /// No seed node of the Redis Cluster gave its slot map: none answered, or they are
+    /// not in cluster mode. Retry with backoff.
+    #[error("no Redis Cluster node gave the slot map ({answers})")]
+    NoCluster { answers: String },
     /// The server is not the master (any more): `ROLE` at connect said otherwise, a
     /// write got `-READONLY`, or the sentinels announced a new master. The connection
     /// is unusable: reconnect, which asks the sentinels again.
@@ -222,13 +226,24 @@ impl Subscriber {
 
     /// `SUBSCRIBE`s to `channels` and waits for the server's confirmations.
     pub async fn subscribe(&mut self, channels: &[&[u8]]) -> Result<(), RedisError> {
-        self.change_subscriptions(b"SUBSCRIBE", channels).await
+        self.change_subscriptions(b"SUBSCRIBE", &[channels]).await
     }
 
     /// `UNSUBSCRIBE`s from `channels` and waits for the confirmations. An empty slice
     /// does nothing (it does not mean "all channels" here).
     pub async fn unsubscribe(&mut self, channels: &[&[u8]]) -> Result<(), RedisError> {
-        self.change_subscriptions(b"UNSUBSCRIBE", channels).await
+        self.change_subscriptions(b"UNSUBSCRIBE", &[channels]).await
+    }
+
+    /// Sends `command` (`SUBSCRIBE`, `SSUBSCRIBE`, ...) once per group of channels, in
+    /// one write, and waits for every confirmation. Sharded pub/sub in a cluster takes
+    /// only channels of one hash slot per command: one group per slot.
+    pub async fn subscribe_groups(
+        &mut self,
+        command: &[u8],
+        groups: &[&[&[u8]]],
+    ) -> Result<(), RedisError> {
+        self.change_subscriptions(command, groups).await
     }
 
     /// Waits for the next published message: `(channel, payload)`. Both are views into
@@ -266,19 +281,23 @@ impl Subscriber {
     async fn change_subscriptions(
         &mut self,
         command: &[u8],
-        channels: &[&[u8]],
+        groups: &[&[&[u8]]],
     ) -> Result<(), RedisError> {
-        if channels.is_empty() {
+        let groups: Vec<&[&[u8]]> = groups.iter().copied().filter(|g| !g.is_empty()).collect();
+        if groups.is_empty() {
             return Ok(());
         }
         self.sock.begin()?;
-        let mut args = Vec::with_capacity(channels.len() + 1);
-        args.push(command);
-        args.extend_from_slice(channels);
-        resp::encode_command(&mut self.sock.write_buf, &args);
+        let mut unconfirmed = 0;
+        for channels in &groups {
+            let mut args = Vec::with_capacity(channels.len() + 1);
+            args.push(command);
+            args.extend_from_slice(channels);
+            resp::encode_command(&mut self.sock.write_buf, &args);
+            // The server confirms each channel named, duplicates included.
+            unconfirmed += channels.len();
+        }
         self.sock.flush().await?;
-        // The server confirms each channel named, duplicates included.
-        let mut unconfirmed = channels.len();
         while unconfirmed > 0 {
             let reply = self.sock.read_reply().await?;
             match resp::push_event(reply) {

@@ -92,17 +92,21 @@ pub fn push_event(reply: Reply) -> Result<PushEvent, Reply> {
         _ => return Err(Reply::Array(items)),
     };
     let event = match (&kind[..], &items[..]) {
-        (b"message", [_, Reply::Bulk(channel), Reply::Bulk(payload)]) => PushEvent::Message {
-            channel: channel.clone(),
-            payload: payload.clone(),
-        },
-        (b"subscribe" | b"psubscribe", [_, Reply::Bulk(channel), Reply::Int(count)]) => {
-            PushEvent::Subscribed {
+        // `smessage`, `ssubscribe`, `sunsubscribe`: the same for sharded pub/sub.
+        (b"message" | b"smessage", [_, Reply::Bulk(channel), Reply::Bulk(payload)]) => {
+            PushEvent::Message {
                 channel: channel.clone(),
-                count: *count,
+                payload: payload.clone(),
             }
         }
-        (b"unsubscribe" | b"punsubscribe", [_, channel, Reply::Int(count)]) => {
+        (
+            b"subscribe" | b"psubscribe" | b"ssubscribe",
+            [_, Reply::Bulk(channel), Reply::Int(count)],
+        ) => PushEvent::Subscribed {
+            channel: channel.clone(),
+            count: *count,
+        },
+        (b"unsubscribe" | b"punsubscribe" | b"sunsubscribe", [_, channel, Reply::Int(count)]) => {
             // Unsubscribing from nothing confirms with a nil channel.
             let channel = match channel {
                 Reply::Bulk(c) => c.clone(),
@@ -259,6 +263,25 @@ mod tests {
         );
         let pong = Reply::Array(vec![bulk(b"pong"), bulk(b"")]);
         assert_eq!(push_event(pong), Ok(PushEvent::Pong));
+    }
+
+    #[test]
+    fn sharded_pushes_read_like_classic_ones() {
+        let msg = Reply::Array(vec![bulk(b"smessage"), bulk(b"ch"), bulk(b"x")]);
+        assert_eq!(
+            push_event(msg),
+            Ok(PushEvent::Message {
+                channel: Bytes::from_static(b"ch"),
+                payload: Bytes::from_static(b"x"),
+            })
+        );
+        let sub = Reply::Array(vec![bulk(b"ssubscribe"), bulk(b"a"), Reply::Int(1)]);
+        assert!(matches!(push_event(sub), Ok(PushEvent::Subscribed { .. })));
+        let unsub = Reply::Array(vec![bulk(b"sunsubscribe"), bulk(b"a"), Reply::Int(0)]);
+        assert!(matches!(
+            push_event(unsub),
+            Ok(PushEvent::Unsubscribed { .. })
+        ));
     }
 
     #[test]

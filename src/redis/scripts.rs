@@ -1,13 +1,18 @@
 //! The Lua scripts that keep cluster presence atomic in Redis, and the key names.
 //!
 //! Per presence channel: a hash of members (`user_id -> user_info`) and a hash counting
-//! the nodes each member is on. Per node: a set of its `(app, channel, user)` entries, so
-//! another node can remove them when this one dies, and a hash of its local subscription
+//! the nodes each member is on. Per node and app: a set of its `(app, channel, user)`
+//! entries, so another node can remove them when this one dies, and its occupied
+//! channels; per node: the apps it has entries of, and a hash of its local subscription
 //! counts. A hash of nodes holds each node's last heartbeat.
+//!
+//! Every key a script touches carries the app id as its hash tag (`{app-id}`), so in a
+//! Redis Cluster all of one app's presence and occupancy keys live in one slot and each
+//! script stays atomic on one master.
 
 /// Adds a node's first socket of a user (`ARGV[5] == "1"`), unless the channel is full;
 /// returns `{added, members...}` (added: 1 new in the cluster, 0 not, -1 refused).
-/// KEYS: members, node counts, node entries, presence channels of the app.
+/// KEYS: members, node counts, the node's entries of the app, presence channels of the app.
 /// ARGV: user_id, user_info, entry, max members, new on this node, channel.
 pub const JOIN: &str = r"
 local added = 0
@@ -30,7 +35,7 @@ return out
 ";
 
 /// Removes a node's last socket of a user; returns 1 when the user left the cluster.
-/// KEYS: members, node counts, node entries, presence channels of the app.
+/// KEYS: members, node counts, the node's entries of the app, presence channels of the app.
 /// ARGV: user_id, entry, channel.
 pub const LEAVE: &str = r"
 redis.call('SREM', KEYS[3], ARGV[2])
@@ -47,7 +52,7 @@ return 0
 ";
 
 /// Counts the nodes on which a channel is occupied; returns the new count.
-/// KEYS: occupied counts of the app, the node's occupied channels.
+/// KEYS: occupied counts of the app, the node's occupied channels of the app.
 /// ARGV: channel, +1 or -1, `app\nchannel`. Returns -1 when the node's state did not change.
 pub const OCCUPY: &str = r"
 if ARGV[2] == '1' then
@@ -88,6 +93,7 @@ impl Keys {
     }
 
     /// The last event of a cache channel, for nodes that subscribe after it was sent.
+    /// No hash tag: cache channels spread over the cluster's slots.
     #[must_use]
     pub fn cache(&self, app_id: &str, channel: &str) -> String {
         format!("{}corecast:cache:{app_id}:{channel}", self.key_prefix)
@@ -96,14 +102,17 @@ impl Keys {
     /// Members of a presence channel: `user_id -> user_info`.
     #[must_use]
     pub fn members(&self, app_id: &str, channel: &str) -> String {
-        format!("{}corecast:presence:{app_id}:{channel}", self.key_prefix)
+        format!(
+            "{}corecast:{{{app_id}}}:presence:{channel}",
+            self.key_prefix
+        )
     }
 
     /// How many nodes each member of a presence channel is on.
     #[must_use]
     pub fn member_nodes(&self, app_id: &str, channel: &str) -> String {
         format!(
-            "{}corecast:presence-nodes:{app_id}:{channel}",
+            "{}corecast:{{{app_id}}}:presence-nodes:{channel}",
             self.key_prefix
         )
     }
@@ -111,13 +120,23 @@ impl Keys {
     /// Presence channels of an app that have members.
     #[must_use]
     pub fn presence_channels(&self, app_id: &str) -> String {
-        format!("{}corecast:presence-channels:{app_id}", self.key_prefix)
+        format!("{}corecast:{{{app_id}}}:presence-channels", self.key_prefix)
     }
 
-    /// A node's presence entries (`app\nchannel\nuser`).
+    /// A node's presence entries of one app (`app\nchannel\nuser`).
     #[must_use]
-    pub fn node_entries(&self, node: u32) -> String {
-        format!("{}corecast:node:{node}:presence", self.key_prefix)
+    pub fn node_entries(&self, node: u32, app_id: &str) -> String {
+        format!(
+            "{}corecast:{{{app_id}}}:node:{node}:presence",
+            self.key_prefix
+        )
+    }
+
+    /// The apps a node has presence entries or occupied channels of, so that whoever
+    /// removes a dead node knows which apps' keys to look at.
+    #[must_use]
+    pub fn node_apps(&self, node: u32) -> String {
+        format!("{}corecast:node:{node}:apps", self.key_prefix)
     }
 
     /// A node's local subscription counts (`app\nchannel -> count`).
@@ -129,13 +148,16 @@ impl Keys {
     /// How many nodes each channel of an app is occupied on.
     #[must_use]
     pub fn occupied(&self, app_id: &str) -> String {
-        format!("{}corecast:occupied:{app_id}", self.key_prefix)
+        format!("{}corecast:{{{app_id}}}:occupied", self.key_prefix)
     }
 
-    /// A node's occupied channels (`app\nchannel`).
+    /// A node's occupied channels of one app (`app\nchannel`).
     #[must_use]
-    pub fn node_occupied(&self, node: u32) -> String {
-        format!("{}corecast:node:{node}:occupied", self.key_prefix)
+    pub fn node_occupied(&self, node: u32, app_id: &str) -> String {
+        format!(
+            "{}corecast:{{{app_id}}}:node:{node}:occupied",
+            self.key_prefix
+        )
     }
 
     /// Every node's last heartbeat (unix ms).
@@ -184,8 +206,27 @@ mod tests {
         assert_eq!(k.broadcast, "cp:corecast#broadcast");
         assert_eq!(
             k.members("a", "presence-x"),
-            "kp:corecast:presence:a:presence-x"
+            "kp:corecast:{a}:presence:presence-x"
         );
-        assert_eq!(k.node_entries(7), "kp:corecast:node:7:presence");
+        assert_eq!(k.node_entries(7, "a"), "kp:corecast:{a}:node:7:presence");
+    }
+
+    #[test]
+    fn the_keys_of_each_script_share_one_cluster_slot() {
+        use crate::redis::cluster::slot;
+        let k = Keys::new("kp:", "cp:");
+        let keys = [
+            k.members("app-1", "presence-x"),
+            k.member_nodes("app-1", "presence-x"),
+            k.node_entries(3, "app-1"),
+            k.presence_channels("app-1"),
+            k.occupied("app-1"),
+            k.node_occupied(3, "app-1"),
+        ];
+        let first = slot(keys[0].as_bytes());
+        for key in &keys {
+            assert_eq!(slot(key.as_bytes()), first, "{key}");
+        }
+        assert_ne!(slot(k.members("app-2", "presence-x").as_bytes()), first);
     }
 }

@@ -19,9 +19,22 @@ pub struct Server {
     /// The metrics listener's port, when the server was started with metrics enabled.
     pub metrics_port: Option<u16>,
     child: Child,
+    /// Every line the server wrote to stderr so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
+    /// The server's stderr lines so far that contain `needle`.
+    pub fn lines_with(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
     /// Sends a signal to the server process.
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill on our own child's pid has no memory effects.
@@ -69,11 +82,18 @@ pub fn start(shards: usize, env: &[(&str, &str)]) -> Server {
     let mut child = cmd.spawn().expect("spawn corecast");
     let stderr = child.stderr.take().expect("piped stderr");
     let (tx, rx) = std::sync::mpsc::channel();
-    // Forwards the server's log to the test's stderr, and reports its listening ports.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lines = std::sync::Arc::clone(&log);
+    // Forwards the server's log to the test's stderr, keeps it, and reports its
+    // listening ports.
     std::thread::spawn(move || {
         for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
             let Ok(line) = line else { break };
             eprintln!("{line}");
+            lines
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(line.clone());
             for (tag, what) in [
                 ("corecast: listening on ", "main"),
                 ("corecast: metrics on ", "metrics"),
@@ -111,6 +131,7 @@ pub fn start(shards: usize, env: &[(&str, &str)]) -> Server {
         port,
         metrics_port,
         child,
+        log,
     };
     loop {
         if let Ok((status, body)) = http(port, "GET", "/ready", &[], b"")
@@ -458,6 +479,40 @@ pub fn join_presence(ws: &mut Ws, socket_id: &str, channel: &str, user: &str) {
     ws.send_json(json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth, "channel_data": data}}));
     let reply = wait_event(ws, Duration::from_secs(5), |v| v["channel"] == channel)
         .unwrap_or_else(|seen| panic!("{user} got no answer joining {channel}: {seen:?}"));
+    assert_eq!(
+        reply["event"], "pusher_internal:subscription_succeeded",
+        "{reply}"
+    );
+}
+
+/// A socket on `port` signed in as `user` (`pusher:signin`), asserting it succeeded.
+pub fn signed_in(port: u16, user: &str) -> Ws {
+    let (mut ws, socket_id) = Ws::pusher(port);
+    let user_data = json!({"id": user}).to_string();
+    let auth = format!(
+        "{}:{}",
+        rest::KEY,
+        rest::hmac_hex(rest::SECRET, &format!("{socket_id}::user::{user_data}"))
+    );
+    ws.send_json(json!({"event": "pusher:signin", "data": {"user_data": user_data, "auth": auth}}));
+    let ok = wait_event(&mut ws, Duration::from_secs(5), |v| {
+        v["event"] == "pusher:signin_success" || v["event"] == "pusher:error"
+    })
+    .unwrap_or_else(|seen| panic!("no answer to {user}'s signin: {seen:?}"));
+    assert_eq!(ok["event"], "pusher:signin_success", "{ok}");
+    ws
+}
+
+/// Subscribes to a private channel with a valid signature and asserts it succeeded.
+pub fn subscribe_private(ws: &mut Ws, socket_id: &str, channel: &str) {
+    let auth = format!(
+        "{}:{}",
+        rest::KEY,
+        rest::hmac_hex(rest::SECRET, &format!("{socket_id}:{channel}"))
+    );
+    ws.send_json(json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth}}));
+    let reply = wait_event(ws, Duration::from_secs(5), |v| v["channel"] == channel)
+        .unwrap_or_else(|seen| panic!("no answer to subscribing {channel}: {seen:?}"));
     assert_eq!(
         reply["event"], "pusher_internal:subscription_succeeded",
         "{reply}"

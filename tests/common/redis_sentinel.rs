@@ -189,50 +189,60 @@ impl Sentinels {
         }
     }
 
-    /// Starts one server on a free port (trying a few) and waits for PING; its log is
-    /// `<name>.log` in the temp directory.
+    /// Starts one server on a free port and waits for PING; its log is `<name>.log`.
     fn spawn(&mut self, name: &str, args: impl Fn(u16, &Path) -> Vec<String>) -> u16 {
-        let log = self.dir.join(format!("{name}.log"));
-        let mut last_err = String::new();
-        // A port found free can be taken before redis binds it: try a few.
-        for _ in 0..5 {
-            let port = free_port();
-            let mut cmd = Command::new("redis-server");
-            cmd.args(args(port, &self.dir))
-                .arg("--logfile")
-                .arg(&log)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            let mut child = match cmd.spawn() {
-                Ok(child) => child,
-                Err(err) => panic!("cannot run redis-server: {err}. {INSTALL_HINT}"),
-            };
-            let deadline = Instant::now() + READY_TIMEOUT;
-            let ready = loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    last_err = format!("{name} exited with {status}");
-                    break false;
-                }
-                if answers_ping(port) {
-                    break true;
-                }
-                if Instant::now() > deadline {
-                    last_err = format!("{name} gave no PING answer within {READY_TIMEOUT:?}");
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break false;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            };
-            if ready {
-                self.children.push((name.to_owned(), child));
-                return port;
-            }
-        }
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        panic!("redis-server did not start: {last_err}; log: {text}");
+        let (port, child) = spawn_server(&self.dir, name, args);
+        self.children.push((name.to_owned(), child));
+        port
     }
+}
+
+/// Starts one `redis-server` with `args(port, dir)` on a free port (trying a few) and
+/// waits until it answers PING; its log is `<name>.log` in `dir`.
+pub fn spawn_server(
+    dir: &Path,
+    name: &str,
+    args: impl Fn(u16, &Path) -> Vec<String>,
+) -> (u16, Child) {
+    let log = dir.join(format!("{name}.log"));
+    let mut last_err = String::new();
+    // A port found free can be taken before redis binds it: try a few.
+    for _ in 0..5 {
+        let port = free_port();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(args(port, dir))
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(err) => panic!("cannot run redis-server: {err}. {INSTALL_HINT}"),
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let ready = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                last_err = format!("{name} exited with {status}");
+                break false;
+            }
+            if answers_ping(port) {
+                break true;
+            }
+            if Instant::now() > deadline {
+                last_err = format!("{name} gave no PING answer within {READY_TIMEOUT:?}");
+                let _ = child.kill();
+                let _ = child.wait();
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if ready {
+            return (port, child);
+        }
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    panic!("redis-server did not start: {last_err}; log: {text}");
 }
 
 impl Drop for Sentinels {
@@ -247,7 +257,7 @@ impl Drop for Sentinels {
     }
 }
 
-fn available() -> bool {
+pub fn available() -> bool {
     Command::new("redis-server")
         .arg("--version")
         .stdout(Stdio::null())
@@ -314,7 +324,7 @@ fn knows_replica(port: u16, replica: u16) -> bool {
 }
 
 /// One command over a fresh connection, with short timeouts.
-fn command(port: u16, args: &[&str]) -> std::io::Result<Reply> {
+pub fn command(port: u16, args: &[&str]) -> std::io::Result<Reply> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -357,14 +367,14 @@ fn read_reply(r: &mut impl BufRead) -> std::io::Result<Reply> {
 }
 
 /// True when something on `port` answers PING like Redis does.
-fn answers_ping(port: u16) -> bool {
+pub fn answers_ping(port: u16) -> bool {
     matches!(command(port, &["PING"]), Ok(Reply::Status(s)) if s == "PONG")
 }
 
 /// A port outside the kernel's ephemeral range, so no outgoing connection's source
 /// port or another test's `bind(0)` takes it, and never one this process handed out
 /// before. Checked free by binding it.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     static SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let (low, high) = ephemeral_range();

@@ -53,3 +53,37 @@ pub fn post_raw(port: u16, target: &str, body: &str) -> (u16, serde_json::Value)
     let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
     (status, json)
 }
+
+/// A signed GET with the default app's credentials, as the `pusher` libraries send it
+/// (`GET\npath\nsorted query`); returns status and JSON body.
+pub fn signed_get(port: u16, path: &str, params: &[(&str, &str)]) -> (u16, serde_json::Value) {
+    let mut query: Vec<(String, String)> = vec![
+        ("auth_key".into(), KEY.into()),
+        ("auth_timestamp".into(), now().to_string()),
+        ("auth_version".into(), "1.0".into()),
+    ];
+    query.extend(
+        params
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    query.sort();
+    let query = query
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let sig = hmac_hex(SECRET, &format!("GET\n{path}\n{query}"));
+    let (status, body) = super::http(
+        port,
+        "GET",
+        &format!("{path}?{query}&auth_signature={sig}"),
+        &[],
+        b"",
+    )
+    .expect("http");
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}

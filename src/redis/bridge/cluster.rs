@@ -6,7 +6,7 @@ use super::*;
 /// roster of presence channels.
 pub(super) async fn read(
     bridge: &Bridge,
-    conn: &mut Connection,
+    conn: &mut Link,
     app: AppIdx,
     query: &Query,
 ) -> Result<QueryReply, RedisError> {
@@ -94,7 +94,7 @@ pub(super) fn bulk_strings(reply: Reply) -> Vec<String> {
 
 /// Writes this node's heartbeat, learns which nodes are alive, and removes the members
 /// and counts of nodes that stopped heartbeating (one node does it, under a lock).
-pub(super) async fn heartbeat(bridge: &Bridge, conn: &mut Connection) -> Result<(), RedisError> {
+pub(super) async fn heartbeat(bridge: &Bridge, conn: &mut Link) -> Result<(), RedisError> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -138,11 +138,7 @@ pub(super) async fn heartbeat(bridge: &Bridge, conn: &mut Connection) -> Result<
 
 /// Removes a dead node's members (announcing `member_removed` where it was the user's
 /// last node) and its counts.
-pub(super) async fn reap(
-    bridge: &Bridge,
-    conn: &mut Connection,
-    node: u32,
-) -> Result<(), RedisError> {
+pub(super) async fn reap(bridge: &Bridge, conn: &mut Link, node: u32) -> Result<(), RedisError> {
     let lock = bridge.keys.reap_lock(node);
     let got = conn
         .call(&[
@@ -158,50 +154,62 @@ pub(super) async fn reap(
         return Ok(());
     }
     eprintln!("corecast: node {node} stopped heartbeating; removing its presence members");
-    let entries = bulk_strings(
-        conn.call(&[b"SMEMBERS", bridge.keys.node_entries(node).as_bytes()])
+    let apps = bulk_strings(
+        conn.call(&[b"SMEMBERS", bridge.keys.node_apps(node).as_bytes()])
             .await?,
     );
     let mut cmds = Vec::new();
-    for e in &entries {
-        let Some((app_id, channel, user)) = scripts::split_entry(e) else {
-            continue;
-        };
+    for app_id in &apps {
         let Some((app, _)) = bridge.apps.by_id(app_id) else {
             continue;
         };
-        leave(
-            bridge,
-            conn,
-            node,
-            app,
-            &Arc::from(channel),
-            user,
-            &mut cmds,
-        )
-        .await?;
-    }
-    // Its occupied channels: vacated where it was the last node.
-    let occupied = bulk_strings(
-        conn.call(&[b"SMEMBERS", bridge.keys.node_occupied(node).as_bytes()])
+        let entries = bulk_strings(
+            conn.call(&[
+                b"SMEMBERS",
+                bridge.keys.node_entries(node, app_id).as_bytes(),
+            ])
             .await?,
-    );
-    for field in &occupied {
-        let Some((app_id, channel)) = field.split_once('\n') else {
-            continue;
-        };
-        let Some((app, _)) = bridge.apps.by_id(app_id) else {
-            continue;
-        };
-        occupy(bridge, conn, node, app, channel, -1, true).await?;
+        );
+        for e in &entries {
+            let Some((_, channel, user)) = scripts::split_entry(e) else {
+                continue;
+            };
+            leave(
+                bridge,
+                conn,
+                node,
+                app,
+                &Arc::from(channel),
+                user,
+                &mut cmds,
+            )
+            .await?;
+        }
+        // Its occupied channels: vacated where it was the last node.
+        let occupied = bulk_strings(
+            conn.call(&[
+                b"SMEMBERS",
+                bridge.keys.node_occupied(node, app_id).as_bytes(),
+            ])
+            .await?,
+        );
+        for field in &occupied {
+            let Some((_, channel)) = field.split_once('\n') else {
+                continue;
+            };
+            occupy(bridge, conn, node, app, channel, -1, true).await?;
+        }
     }
     flush(bridge, conn, &mut cmds).await?;
-    conn.call(&[
-        b"DEL",
-        bridge.keys.node_entries(node).as_bytes(),
-        bridge.keys.node_channels(node).as_bytes(),
-    ])
-    .await?;
+    // One key per command: in a cluster they live in different slots.
+    let mut keys = vec![bridge.keys.node_channels(node), bridge.keys.node_apps(node)];
+    for app_id in &apps {
+        keys.push(bridge.keys.node_entries(node, app_id));
+        keys.push(bridge.keys.node_occupied(node, app_id));
+    }
+    for key in keys {
+        conn.call(&[b"DEL", key.as_bytes()]).await?;
+    }
     conn.call(&[
         b"HDEL",
         bridge.keys.nodes().as_bytes(),

@@ -46,6 +46,8 @@ pub(super) struct Interest {
     writer_waker: RefCell<Option<std::task::Waker>>,
     /// Topics whose `SUBSCRIBE` Redis confirmed: the command loop answers their waiters.
     confirmed: RefCell<Vec<String>>,
+    /// The pub/sub readers of the current round, woken when it ends (by connection).
+    pub(super) reader_wakers: RefCell<AHashMap<usize, std::task::Waker>>,
 }
 
 impl Interest {
@@ -93,15 +95,20 @@ impl Interest {
         }
     }
 
-    /// Redis confirmed a `SUBSCRIBE` (`true`) or `UNSUBSCRIBE` of `topic`.
-    pub(super) fn confirm(&self, topic: &[u8], subscribed: bool) {
+    /// Redis confirmed a `SUBSCRIBE` (`true`) or `UNSUBSCRIBE` of `topic`. Returns
+    /// false when that is not what this node asked for last (Redis unsubscribed a topic
+    /// unasked: its slot moved to another master).
+    pub(super) fn confirm(&self, topic: &[u8], subscribed: bool) -> bool {
         let Ok(name) = std::str::from_utf8(topic) else {
-            return;
+            return true;
         };
         let mut topics = self.topics.borrow_mut();
         let Some(t) = topics.get_mut(name) else {
-            return;
+            return true;
         };
+        if t.outstanding.front() != Some(&subscribed) {
+            return false;
+        }
         t.outstanding.pop_front();
         t.in_redis = subscribed;
         if t.outstanding.is_empty() {
@@ -111,6 +118,7 @@ impl Interest {
                 topics.remove(name);
             }
         }
+        true
     }
 }
 
@@ -147,7 +155,7 @@ impl Bridge {
 
     /// The waiters of every topic Redis confirmed, with their cache channels' last
     /// events read from Redis (when it answers).
-    pub(super) async fn answer_confirmed(&self, mut conn: Option<&mut Connection>) {
+    pub(super) async fn answer_confirmed(&self, mut conn: Option<&mut Link>) {
         let names = std::mem::take(&mut *self.interest.confirmed.borrow_mut());
         let mut ready = std::mem::take(&mut *self.pending_ready.borrow_mut());
         for name in names {
@@ -203,7 +211,8 @@ impl Bridge {
 /// (`generation` changes) or fails.
 pub(super) async fn writer_loop(
     bridge: Rc<Bridge>,
-    mut writer: super::super::client::SubWriter,
+    mut writers: Vec<super::super::client::SubWriter>,
+    plan: Rc<super::inbound::Plan>,
     generation: u64,
 ) {
     loop {
@@ -221,20 +230,26 @@ pub(super) async fn writer_loop(
         })
         .await;
         let Some(batch) = batch else { return };
-        // Consecutive commands of one kind go in one request, keeping the order.
+        // Consecutive commands of one kind for one connection (and, with sharded
+        // pub/sub, one slot) go in one request, keeping the order.
         let mut start = 0;
         while start < batch.len() {
-            let kind = batch[start].0;
+            let (kind, first) = (batch[start].0, batch[start].1.as_bytes());
+            let target = plan.target_of(first);
             let end = batch[start..]
                 .iter()
-                .position(|(k, _)| *k != kind)
+                .position(|(k, n)| {
+                    *k != kind
+                        || plan.target_of(n.as_bytes()) != target
+                        || !plan.same_command(first, n.as_bytes())
+                })
                 .map_or(batch.len(), |n| start + n);
             let names: Vec<&[u8]> = batch[start..end]
                 .iter()
                 .map(|(_, n)| n.as_bytes())
                 .collect();
-            let command: &[u8] = if kind { b"SUBSCRIBE" } else { b"UNSUBSCRIBE" };
-            if writer.send(command, &names).await.is_err() {
+            let command = plan.command(kind);
+            if writers[target].send(command, &names).await.is_err() {
                 return;
             }
             start = end;
@@ -242,10 +257,13 @@ pub(super) async fn writer_loop(
     }
 }
 
-/// Wakes the writer of a replaced connection so it ends.
+/// Ends the round of pub/sub connections: wakes its writer and its readers so they end.
 pub(super) fn retire_writer(bridge: &Bridge) {
     bridge.sub_generation.set(bridge.sub_generation.get() + 1);
     if let Some(w) = bridge.interest.writer_waker.borrow_mut().take() {
+        w.wake();
+    }
+    for (_, w) in bridge.interest.reader_wakers.borrow_mut().drain() {
         w.wake();
     }
 }

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use ahash::{AHashMap, AHashSet};
 use bytes::Bytes;
 
-use super::client::{Backoff, Connection, RedisError, RedisOptions, Reply, Subscriber};
+use super::client::{Backoff, RedisError, RedisOptions, Reply, Subscriber};
+use super::link::{Deployment, Link};
 use super::scripts::{self, Keys};
 use super::wire::Message;
 use crate::app::{AppIdx, AppTable};
@@ -90,15 +91,20 @@ pub fn spawn(
             let (outbox, inbox) = links;
             let own_waker = inbox.waker();
             let bridge = Rc::new(Bridge {
-                opts: RedisOptions {
-                    host: config.redis.host.clone(),
-                    port: config.redis.port,
-                    username: config.redis.username.clone(),
-                    password: config.redis.password.clone(),
-                    db: config.redis.db,
-                    connect_timeout: Duration::from_secs(2),
-                    sentinels: super::sentinel::Sentinels::from_config(&config.redis),
-                },
+                at: Deployment::from_config(
+                    &config.redis,
+                    RedisOptions {
+                        host: config.redis.host.clone(),
+                        port: config.redis.port,
+                        username: config.redis.username.clone(),
+                        password: config.redis.password.clone(),
+                        db: config.redis.db,
+                        connect_timeout: Duration::from_secs(2),
+                        sentinels: super::sentinel::Sentinels::from_config(&config.redis),
+                    },
+                ),
+                sharded: Cell::new(false),
+                registered: RefCell::new(AHashSet::new()),
                 keys: Keys::new(&config.redis.key_prefix, &config.redis.channel_prefix),
                 shards: config.shards,
                 apps,
@@ -117,7 +123,7 @@ pub fn spawn(
                 own_waker,
             });
             let run = move || async move {
-                if let Some(sentinels) = bridge.opts.sentinels.clone() {
+                if let Some(sentinels) = bridge.at.opts.sentinels.clone() {
                     let waker = bridge.own_waker.clone();
                     monoio::spawn(super::sentinel::watch(sentinels, move || waker.poke()));
                 }
@@ -138,7 +144,12 @@ struct Bridge {
     apps: Arc<AppTable>,
     node: u32,
     shards: usize,
-    opts: RedisOptions,
+    /// Where Redis is: one server, its sentinels, or a cluster's seed nodes.
+    at: Deployment,
+    /// Publishes go out with `SPUBLISH` (sharded pub/sub), as of the last connect.
+    sharded: Cell<bool>,
+    /// Apps recorded in this node's `node_apps` set since the last connect.
+    registered: RefCell<AHashSet<AppIdx>>,
     keys: Keys,
     outbox: RefCell<Outbox>,
     stats: Arc<BridgeStats>,
@@ -260,8 +271,13 @@ impl Bridge {
     }
 
     fn publish_cmd(&self, message: &Message) -> Vec<Bytes> {
+        let command: &'static [u8] = if self.sharded.get() {
+            b"SPUBLISH"
+        } else {
+            b"PUBLISH"
+        };
         vec![
-            Bytes::from_static(b"PUBLISH"),
+            Bytes::from_static(command),
             Bytes::from(self.destination(message)),
             message.encode(),
         ]
@@ -270,7 +286,8 @@ impl Bridge {
 
 /// Takes envelopes from the shards and talks to Redis; reconnects with backoff.
 async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
-    let mut conn: Option<Connection> = None;
+    let mut conn: Option<Link> = None;
+    let mut said_classic = false;
     let mut backoff = Backoff::new(Duration::from_secs(5));
     let mut retry_at = Instant::now();
     let mut next_beat = Instant::now();
@@ -287,7 +304,7 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
             wake = wake.min(Instant::now() + LISTENER_POLL);
         }
         let _ = monoio::time::timeout(wake - Instant::now(), inbox.ready(&mut bell)).await;
-        if conn.as_ref().is_some_and(Connection::moved) {
+        if conn.as_ref().is_some_and(Link::moved) {
             // The sentinels switched masters: move before the next write goes astray.
             eprintln!("corecast: redis master moved; reconnecting");
             conn = None;
@@ -295,9 +312,18 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
             retry_at = Instant::now();
         }
         if conn.is_none() && Instant::now() >= retry_at {
-            match Connection::connect(&bridge.opts).await {
+            match Link::connect(&bridge.at).await {
                 Ok(c) => {
                     eprintln!("corecast: redis connected at {}", c.server());
+                    bridge.sharded.set(c.sharded());
+                    bridge.registered.borrow_mut().clear();
+                    if bridge.at.wants_sharded() && !c.sharded() && !said_classic {
+                        eprintln!(
+                            "corecast: redis has no sharded pub/sub (SSUBSCRIBE needs Redis 7); \
+                             using classic pub/sub, which a cluster sends to every one of its nodes"
+                        );
+                        said_classic = true;
+                    }
                     conn = Some(c);
                     backoff.reset();
                     bump(&bridge.stats.connects, 1);
@@ -428,21 +454,8 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
 
 /// Whether the nodes a resync waits for are subscribed to the broadcast channel (or the
 /// wait is over).
-async fn listening(
-    bridge: &Bridge,
-    conn: &mut Connection,
-    resync: &Resync,
-) -> Result<bool, RedisError> {
-    let reply = conn
-        .call(&[b"PUBSUB", b"NUMSUB", bridge.keys.broadcast.as_bytes()])
-        .await?;
-    let subscribed = match reply {
-        Reply::Array(items) => match items.get(1) {
-            Some(Reply::Int(n)) => usize::try_from(*n).unwrap_or(0),
-            _ => 0,
-        },
-        _ => 0,
-    };
+async fn listening(bridge: &Bridge, conn: &mut Link, resync: &Resync) -> Result<bool, RedisError> {
+    let subscribed = conn.numsub(bridge.keys.broadcast.as_bytes()).await?;
     if subscribed >= resync.listeners {
         return Ok(true);
     }
@@ -459,13 +472,16 @@ async fn listening(
 /// Sends the queued simple commands in one pipeline.
 async fn flush(
     bridge: &Bridge,
-    conn: &mut Connection,
+    conn: &mut Link,
     cmds: &mut Vec<Vec<Bytes>>,
 ) -> Result<(), RedisError> {
     if cmds.is_empty() {
         return Ok(());
     }
-    let n = cmds.iter().filter(|c| c[0].as_ref() == b"PUBLISH").count() as u64;
+    let n = cmds
+        .iter()
+        .filter(|c| matches!(c[0].as_ref(), b"PUBLISH" | b"SPUBLISH"))
+        .count() as u64;
     let result = conn.pipeline(cmds).await;
     cmds.clear();
     if result.is_err() {
@@ -532,7 +548,7 @@ fn offline(bridge: &Bridge, envelope: Envelope) {
 /// pipeline); those whose replies matter flush the queue first to keep order.
 async fn online(
     bridge: &Bridge,
-    conn: &mut Connection,
+    conn: &mut Link,
     envelope: Envelope,
     cmds: &mut Vec<Vec<Bytes>>,
 ) -> Result<(), RedisError> {

@@ -6,7 +6,7 @@ use super::*;
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn join(
     bridge: &Bridge,
-    conn: &mut Connection,
+    conn: &mut Link,
     app: AppIdx,
     channel: &Arc<str>,
     user_id: &Arc<str>,
@@ -24,13 +24,16 @@ pub(super) async fn join(
         .max_presence_members_per_channel
         .to_string();
     let entry = scripts::entry(&app_id, channel, user_id);
+    if new_on_node {
+        register(bridge, conn, app).await?;
+    }
     let reply = eval(
         conn,
         scripts::JOIN,
         &[
             &bridge.keys.members(&app_id, channel),
             &bridge.keys.member_nodes(&app_id, channel),
-            &bridge.keys.node_entries(bridge.node),
+            &bridge.keys.node_entries(bridge.node, &app_id),
             &bridge.keys.presence_channels(&app_id),
         ],
         &[
@@ -117,7 +120,7 @@ pub(super) async fn join(
 /// left the cluster.
 pub(super) async fn leave(
     bridge: &Bridge,
-    conn: &mut Connection,
+    conn: &mut Link,
     node: u32,
     app: AppIdx,
     channel: &Arc<str>,
@@ -132,7 +135,7 @@ pub(super) async fn leave(
         &[
             &bridge.keys.members(&app_id, channel),
             &bridge.keys.member_nodes(&app_id, channel),
-            &bridge.keys.node_entries(node),
+            &bridge.keys.node_entries(node, &app_id),
             &bridge.keys.presence_channels(&app_id),
         ],
         &[user_id, &entry, channel],
@@ -165,7 +168,7 @@ pub(super) async fn leave(
 /// cluster count between 0 and 1 sends `channel_occupied` / `channel_vacated`.
 pub(super) async fn occupy(
     bridge: &Bridge,
-    conn: &mut Connection,
+    conn: &mut Link,
     node: u32,
     app: AppIdx,
     channel: &str,
@@ -175,12 +178,15 @@ pub(super) async fn occupy(
     let app_id = bridge.app_id(app).to_owned();
     let field = format!("{app_id}\n{channel}");
     let sign = if delta > 0 { "1" } else { "-1" };
+    if node == bridge.node && delta > 0 {
+        register(bridge, conn, app).await?;
+    }
     let reply = eval(
         conn,
         scripts::OCCUPY,
         &[
             &bridge.keys.occupied(&app_id),
-            &bridge.keys.node_occupied(node),
+            &bridge.keys.node_occupied(node, &app_id),
         ],
         &[channel, sign, &field],
     )
@@ -210,8 +216,24 @@ pub(super) async fn occupy(
     Ok(())
 }
 
+/// Records in Redis that this node has presence entries or occupied channels of `app`
+/// (once per app and connection), before the first script writes them.
+async fn register(bridge: &Bridge, conn: &mut Link, app: AppIdx) -> Result<(), RedisError> {
+    if bridge.registered.borrow().contains(&app) {
+        return Ok(());
+    }
+    conn.call(&[
+        b"SADD",
+        bridge.keys.node_apps(bridge.node).as_bytes(),
+        bridge.app_id(app).as_bytes(),
+    ])
+    .await?;
+    bridge.registered.borrow_mut().insert(app);
+    Ok(())
+}
+
 pub(super) async fn eval(
-    conn: &mut Connection,
+    conn: &mut Link,
     script: &str,
     keys: &[&str],
     args: &[&str],
@@ -238,19 +260,36 @@ pub(super) fn roster_data(pairs: &[(String, String)]) -> String {
 /// subscription counts are rewritten whole.
 pub(super) async fn apply_resync(
     bridge: &Bridge,
-    conn: &mut Connection,
+    conn: &mut Link,
     resync: Resync,
 ) -> Result<(), RedisError> {
     let mut cmds = Vec::new();
-    let in_redis: AHashSet<String> = bulk_strings(
-        conn.call(&[
-            b"SMEMBERS",
-            bridge.keys.node_entries(bridge.node).as_bytes(),
-        ])
-        .await?,
+    // The apps to look at: those Redis has this node's entries of, and those this node
+    // had or has entries of (Redis may have lost them).
+    let mut apps: AHashSet<String> = bulk_strings(
+        conn.call(&[b"SMEMBERS", bridge.keys.node_apps(bridge.node).as_bytes()])
+            .await?,
     )
     .into_iter()
     .collect();
+    for e in bridge.mine.borrow().iter() {
+        if let Some((app_id, _, _)) = scripts::split_entry(e) {
+            apps.insert(app_id.to_owned());
+        }
+    }
+    for (app, ..) in &resync.members {
+        apps.insert(bridge.app_id(*app).to_owned());
+    }
+    let mut in_redis: AHashSet<String> = AHashSet::new();
+    for app_id in &apps {
+        in_redis.extend(bulk_strings(
+            conn.call(&[
+                b"SMEMBERS",
+                bridge.keys.node_entries(bridge.node, app_id).as_bytes(),
+            ])
+            .await?,
+        ));
+    }
     let mut current: AHashMap<String, RosterEntry> = AHashMap::new();
     for (app, channel, user, info) in resync.members {
         current.insert(
@@ -288,13 +327,14 @@ pub(super) async fn apply_resync(
         // Known before (Redis lost it): restore silently; new: announce if new to the cluster.
         let known = old.contains(e);
         let app_id = bridge.app_id(*app).to_owned();
+        register(bridge, conn, *app).await?;
         let reply = eval(
             conn,
             scripts::JOIN,
             &[
                 &bridge.keys.members(&app_id, channel),
                 &bridge.keys.member_nodes(&app_id, channel),
-                &bridge.keys.node_entries(bridge.node),
+                &bridge.keys.node_entries(bridge.node, &app_id),
                 &bridge.keys.presence_channels(&app_id),
             ],
             &[user, info, e, &usize::MAX.to_string(), "1", channel],
