@@ -395,6 +395,21 @@ fn redis_samples(stats: &BridgeStats) -> Vec<Sample> {
             "Successful connections to Redis.",
             get(&stats.connects),
         ),
+        Sample::gauge(
+            "corecast_redis_sharded_pubsub",
+            "1 while cross-node messages use sharded pub/sub (SPUBLISH / SSUBSCRIBE).",
+            get(&stats.sharded),
+        ),
+        Sample::counter(
+            "corecast_redis_subscribes_total",
+            "Pub/sub connections (re)established: at start, after a loss, after a slot moved.",
+            get(&stats.listens),
+        ),
+        Sample::counter(
+            "corecast_redis_redirects_total",
+            "Redis Cluster -MOVED and -ASK redirections followed.",
+            get(&stats.redirects),
+        ),
         Sample::counter(
             "corecast_redis_ring_dropped_total",
             "Messages from other nodes dropped because a shard's ring stayed full.",

@@ -83,6 +83,19 @@ fn member_events(frames: &[Value], channel: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The value of an unlabelled sample in `server`'s Prometheus scrape.
+fn metric(server: &Server, name: &str) -> Option<f64> {
+    let port = server.metrics_port?;
+    let (status, body) = common::http(port, "GET", "/metrics", &[], b"").ok()?;
+    if status != 200 {
+        return None;
+    }
+    String::from_utf8_lossy(&body).lines().find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        (series == name).then(|| value.parse().ok()).flatten()
+    })
+}
+
 fn added(user: &str) -> (String, String) {
     ("added".to_owned(), user.to_owned())
 }
@@ -166,6 +179,9 @@ fn over_a_redis_cluster_every_multinode_behaviour_holds_with_sharded_pubsub() {
     // Sharded pub/sub: both nodes listen on the broadcast channel's master, none with
     // classic SUBSCRIBE.
     assert_eq!(listeners(&cluster, BROADCAST), (2, 0), "{BROADCAST}");
+    for server in [&a, &b] {
+        assert_eq!(metric(server, "corecast_redis_sharded_pubsub"), Some(1.0));
+    }
 
     // Publishes: every subscriber on both nodes once, in order, with exclusion.
     let mut subs: Vec<(Ws, String)> = Vec::new();
@@ -346,6 +362,11 @@ fn a_slot_moved_between_masters_mid_test_is_followed() {
         vec![added("dave")],
         "{seen:?}"
     );
+    // Redirections followed and pub/sub rounds restarted are counted.
+    let redirects = metric(&a, "corecast_redis_redirects_total").unwrap_or(0.0);
+    assert!(redirects >= 1.0, "redirects on node A: {redirects}");
+    let rounds = metric(&b, "corecast_redis_subscribes_total").unwrap_or(0.0);
+    assert!(rounds >= 2.0, "pub/sub rounds on node B: {rounds}");
     let key = format!("corecast:{{app-id}}:presence:{channel}");
     let holder = cluster.owner(app_slot);
     match cluster.command(holder, &["HLEN", &key]) {
@@ -360,6 +381,7 @@ fn a_master_failing_over_inside_the_cluster_is_survived() {
         masters: 3,
         replicas: 1,
         without_sharded_pubsub: false,
+        password: None,
     });
     let a = node(&cluster, &[]);
     let b = node(&cluster, &[]);
@@ -430,6 +452,7 @@ fn without_sharded_pubsub_the_cluster_falls_back_to_classic_pubsub_and_says_so()
         masters: 3,
         replicas: 0,
         without_sharded_pubsub: true,
+        password: None,
     });
     let a = node(&cluster, &[]);
     let b = node(&cluster, &[]);
@@ -458,6 +481,7 @@ fn without_sharded_pubsub_the_cluster_falls_back_to_classic_pubsub_and_says_so()
     for server in [&a, &b] {
         let said = server.lines_with("no sharded pub/sub");
         assert_eq!(said.len(), 1, "node :{}: {said:?}", server.port);
+        assert_eq!(metric(server, "corecast_redis_sharded_pubsub"), Some(0.0));
     }
 }
 
@@ -532,4 +556,27 @@ fn shard_mode_on_a_single_redis_uses_sharded_pubsub() {
     assert_eq!(count("SHARDNUMSUB", BROADCAST), Some(Reply::Int(2)));
     assert_eq!(count("NUMSUB", BROADCAST), Some(Reply::Int(0)));
     assert_eq!(count("SHARDNUMSUB", &topic("orders")), Some(Reply::Int(2)));
+}
+
+#[test]
+fn a_password_protected_cluster_works_with_the_password_and_says_why_without() {
+    let cluster = Cluster::start(Shape {
+        password: Some("cluster-secret"),
+        ..Shape::masters(3)
+    });
+    let a = node(&cluster, &[("SOKETI_DB_REDIS_PASSWORD", "cluster-secret")]);
+    let b = node(&cluster, &[("SOKETI_DB_REDIS_PASSWORD", "cluster-secret")]);
+    link(&a, &b);
+    let wrong = node(&cluster, &[("SOKETI_DB_REDIS_PASSWORD", "not-the-secret")]);
+    let (mut sub, _) = Ws::pusher(wrong.port);
+    sub.subscribe("local");
+    publish(wrong.port, "local", "here", "x");
+    wait_event(&mut sub, Duration::from_secs(3), |v| v["event"] == "here")
+        .unwrap_or_else(|seen| panic!("local publish not delivered: {seen:?}"));
+    thread::sleep(Duration::from_secs(2));
+    let said = wrong.lines_with("no Redis Cluster node gave the slot map");
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].contains("WRONGPASS"), "{}", said[0]);
+    assert_eq!(metric(&wrong, "corecast_redis_up"), Some(0.0));
+    assert_eq!(metric(&a, "corecast_redis_up"), Some(1.0));
 }

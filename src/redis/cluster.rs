@@ -12,6 +12,8 @@
 //! as after a lost single-server connection, so a master failing over inside the cluster
 //! is followed like a Sentinel failover.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -177,6 +179,8 @@ pub struct ClusterConnection {
     conns: Vec<Option<Connection>>,
     /// A redirection said the map is out of date: read it again before the next pipeline.
     stale: bool,
+    /// Redirections followed, for the metrics.
+    redirects: Arc<AtomicU64>,
 }
 
 /// Where a `-MOVED` or `-ASK` reply sends a command.
@@ -224,10 +228,12 @@ fn key_of<A: AsRef<[u8]>>(args: &[A]) -> Option<&[u8]> {
 }
 
 impl ClusterConnection {
-    /// Discovers the cluster from `seeds` and connects to its first master.
+    /// Discovers the cluster from `seeds` and connects to its first master. Each
+    /// redirection followed is counted in `redirects`.
     pub async fn connect(
         opts: &RedisOptions,
         seeds: &[(String, u16)],
+        redirects: Arc<AtomicU64>,
     ) -> Result<ClusterConnection, RedisError> {
         let topology = discover(opts, seeds).await?;
         let mut conn = ClusterConnection {
@@ -236,6 +242,7 @@ impl ClusterConnection {
             conns: Vec::new(),
             topology,
             stale: false,
+            redirects,
         };
         conn.conns.resize_with(conn.topology.masters.len(), || None);
         conn.node(0).await?;
@@ -332,7 +339,11 @@ impl ClusterConnection {
                 other => return other,
             };
             asking = false;
-            match redirect(&msg) {
+            let redirected = redirect(&msg);
+            if redirected.is_some() {
+                self.redirects.fetch_add(1, Ordering::Relaxed);
+            }
+            match redirected {
                 Some(Redirect::Moved { slot, addr }) => {
                     let index = self.topology.index_of(&addr);
                     if let Ok(i) = u16::try_from(index) {

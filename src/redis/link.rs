@@ -5,6 +5,9 @@
 //! a cluster whose servers have it, or on one server with shard mode and Redis 7;
 //! classic (`PUBLISH` / `SUBSCRIBE`) otherwise.
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
 use bytes::Bytes;
 
 use super::client::{Connection, RedisError, RedisOptions, Reply};
@@ -20,6 +23,8 @@ pub struct Deployment {
     pub cluster: Option<Vec<(String, u16)>>,
     /// Sharded pub/sub on a single server too (`adapter.redis.shardMode`).
     pub shard_mode: bool,
+    /// Counts the cluster's `-MOVED` and `-ASK` redirections followed.
+    pub redirects: Arc<AtomicU64>,
 }
 
 impl Deployment {
@@ -38,6 +43,7 @@ impl Deployment {
             opts,
             cluster,
             shard_mode: redis.shard_mode,
+            redirects: Arc::default(),
         }
     }
 
@@ -61,7 +67,7 @@ impl Link {
     pub async fn connect(at: &Deployment) -> Result<Link, RedisError> {
         if let Some(seeds) = &at.cluster {
             return Ok(Link::Cluster(
-                ClusterConnection::connect(&at.opts, seeds).await?,
+                ClusterConnection::connect(&at.opts, seeds, Arc::clone(&at.redirects)).await?,
             ));
         }
         let mut conn = Connection::connect(&at.opts).await?;

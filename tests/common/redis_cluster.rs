@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::redis_sentinel::{INSTALL_HINT, Reply, available, command, free_port, spawn_server};
+use crate::redis_sentinel::{INSTALL_HINT, Reply, available, command_as, free_port, spawn_server};
 
 /// How long the cluster may take to form, settle after a change, or fail over.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,6 +30,8 @@ pub struct Node {
 pub struct Cluster {
     pub nodes: Vec<Node>,
     dir: PathBuf,
+    /// `requirepass` (and `masterauth`) of every node.
+    password: Option<&'static str>,
 }
 
 /// What to start.
@@ -39,6 +41,8 @@ pub struct Shape {
     pub replicas: usize,
     /// Rename `SSUBSCRIBE`, `SPUBLISH` and `SUNSUBSCRIBE` away, as on a Redis older than 7.
     pub without_sharded_pubsub: bool,
+    /// Require this password on every node.
+    pub password: Option<&'static str>,
 }
 
 impl Shape {
@@ -47,6 +51,7 @@ impl Shape {
             masters,
             replicas: 0,
             without_sharded_pubsub: false,
+            password: None,
         }
     }
 }
@@ -72,19 +77,23 @@ impl Cluster {
         let mut cluster = Cluster {
             nodes: Vec::new(),
             dir,
+            password: shape.password,
         };
         let total = shape.masters * (1 + shape.replicas);
         for i in 0..total {
             let (port, child) = spawn_server(&cluster.dir, &format!("node-{i}"), |port, dir| {
-                node_args(port, dir, shape.without_sharded_pubsub)
+                node_args(port, dir, shape)
             });
-            let id = match command(port, &["CLUSTER", "MYID"]) {
+            let id = match cluster.command(port, &["CLUSTER", "MYID"]) {
                 Ok(Reply::Bulk(id)) => id,
                 other => panic!("CLUSTER MYID on :{port}: {other:?}"),
             };
             cluster.nodes.push(Node { port, id, child });
         }
         let mut create = Command::new("redis-cli");
+        if let Some(password) = shape.password {
+            create.args(["--no-auth-warning", "-a", password]);
+        }
         create.arg("--cluster").arg("create");
         for node in &cluster.nodes {
             create.arg(format!("127.0.0.1:{}", node.port));
@@ -120,12 +129,12 @@ impl Cluster {
 
     /// Runs one command on the node at `port`.
     pub fn command(&self, port: u16, args: &[&str]) -> std::io::Result<Reply> {
-        command(port, args)
+        command_as(port, self.password, args)
     }
 
     /// The hash slot of `key` (`CLUSTER KEYSLOT`).
     pub fn slot(&self, key: &str) -> u16 {
-        match command(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key]) {
+        match self.command(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key]) {
             Ok(Reply::Int(n)) => u16::try_from(n).expect("a slot"),
             other => panic!("CLUSTER KEYSLOT {key}: {other:?}"),
         }
@@ -139,7 +148,7 @@ impl Cluster {
 
     /// The ports of the masters, as the first node sees them.
     pub fn masters(&self) -> Vec<u16> {
-        let mut ports: Vec<u16> = slot_ranges(self.nodes[0].port)
+        let mut ports: Vec<u16> = slot_ranges(self.nodes[0].port, self.password)
             .into_iter()
             .map(|(_, _, port)| port)
             .collect();
@@ -158,24 +167,29 @@ impl Cluster {
         self.ok(to, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id]);
         self.ok(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id]);
         loop {
-            let keys: Vec<String> = match command(from, &["CLUSTER", "GETKEYSINSLOT", &s, "100"]) {
-                Ok(Reply::Array(items)) => items
-                    .iter()
-                    .filter_map(|k| k.text().map(str::to_owned))
-                    .collect(),
-                other => panic!("CLUSTER GETKEYSINSLOT {slot}: {other:?}"),
-            };
+            let keys: Vec<String> =
+                match self.command(from, &["CLUSTER", "GETKEYSINSLOT", &s, "100"]) {
+                    Ok(Reply::Array(items)) => items
+                        .iter()
+                        .filter_map(|k| k.text().map(str::to_owned))
+                        .collect(),
+                    other => panic!("CLUSTER GETKEYSINSLOT {slot}: {other:?}"),
+                };
             if keys.is_empty() {
                 break;
             }
             let port = to.to_string();
-            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000"];
+            if let Some(password) = self.password {
+                args.extend(["AUTH", password]);
+            }
+            args.push("KEYS");
             args.extend(keys.iter().map(String::as_str));
             self.ok(from, &args);
         }
         for node in &self.nodes {
             // Replicas refuse SETSLOT; masters learn it directly, replicas by gossip.
-            let _ = command(node.port, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]);
+            let _ = self.command(node.port, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]);
         }
         let ports: Vec<u16> = self.nodes.iter().map(|n| n.port).collect();
         self.wait(
@@ -197,7 +211,7 @@ impl Cluster {
             .nodes
             .iter()
             .find(|n| {
-                matches!(command(n.port, &["ROLE"]), Ok(Reply::Array(ref r))
+                matches!(self.command(n.port, &["ROLE"]), Ok(Reply::Array(ref r))
                     if r.first().and_then(Reply::text) == Some("slave")
                         && r.get(2) == Some(&Reply::Int(i64::from(master))))
             })
@@ -205,7 +219,7 @@ impl Cluster {
             .port;
         self.wait(
             || {
-                command(replica, &["INFO", "replication"])
+                self.command(replica, &["INFO", "replication"])
                     .ok()
                     .and_then(|r| r.text().map(|t| t.contains("master_link_status:up")))
                     .unwrap_or(false)
@@ -213,7 +227,7 @@ impl Cluster {
             "the replica to be in sync",
         );
         self.ok(replica, &["CLUSTER", "FAILOVER"]);
-        let slots: Vec<(u16, u16)> = slot_ranges(self.nodes[0].port)
+        let slots: Vec<(u16, u16)> = slot_ranges(self.nodes[0].port, self.password)
             .into_iter()
             .filter(|(_, _, p)| *p == master)
             .map(|(a, b, _)| (a, b))
@@ -246,14 +260,14 @@ impl Cluster {
     }
 
     fn ok(&self, port: u16, args: &[&str]) {
-        match command(port, args) {
+        match self.command(port, args) {
             Ok(Reply::Status(s)) if s == "OK" || s == "NOKEY" => {}
             other => panic!("{args:?} on :{port}: {other:?}"),
         }
     }
 
     fn owner_seen_by(&self, port: u16, slot: u16) -> Option<u16> {
-        slot_ranges(port)
+        slot_ranges(port, self.password)
             .into_iter()
             .find(|(a, b, _)| (*a..=*b).contains(&slot))
             .map(|(_, _, p)| p)
@@ -264,7 +278,7 @@ impl Cluster {
         self.wait(
             || {
                 ports.iter().all(|&p| {
-                    let info = command(p, &["CLUSTER", "INFO"]).ok();
+                    let info = self.command(p, &["CLUSTER", "INFO"]).ok();
                     let info = info.as_ref().and_then(Reply::text).unwrap_or("");
                     info.contains("cluster_state:ok")
                         && info.contains("cluster_slots_ok:16384")
@@ -302,8 +316,8 @@ impl Drop for Cluster {
 }
 
 /// `(first slot, last slot, master port)` of every range `CLUSTER SLOTS` lists on `port`.
-fn slot_ranges(port: u16) -> Vec<(u16, u16, u16)> {
-    let Ok(Reply::Array(ranges)) = command(port, &["CLUSTER", "SLOTS"]) else {
+fn slot_ranges(port: u16, password: Option<&str>) -> Vec<(u16, u16, u16)> {
+    let Ok(Reply::Array(ranges)) = command_as(port, password, &["CLUSTER", "SLOTS"]) else {
         return Vec::new();
     };
     ranges
@@ -327,7 +341,7 @@ fn slot_ranges(port: u16) -> Vec<(u16, u16, u16)> {
         .collect()
 }
 
-fn node_args(port: u16, dir: &Path, without_sharded_pubsub: bool) -> Vec<String> {
+fn node_args(port: u16, dir: &Path, shape: Shape) -> Vec<String> {
     let mut args: Vec<String> = [
         "--port",
         &port.to_string(),
@@ -353,7 +367,12 @@ fn node_args(port: u16, dir: &Path, without_sharded_pubsub: bool) -> Vec<String>
         "--dbfilename".to_owned(),
         format!("dump-{port}.rdb"),
     ]);
-    if without_sharded_pubsub {
+    if let Some(password) = shape.password {
+        for option in ["--requirepass", "--masterauth"] {
+            args.extend([option.to_owned(), password.to_owned()]);
+        }
+    }
+    if shape.without_sharded_pubsub {
         for name in ["SSUBSCRIBE", "SPUBLISH", "SUNSUBSCRIBE"] {
             args.extend([
                 "--rename-command".to_owned(),

@@ -325,15 +325,35 @@ fn knows_replica(port: u16, replica: u16) -> bool {
 
 /// One command over a fresh connection, with short timeouts.
 pub fn command(port: u16, args: &[&str]) -> std::io::Result<Reply> {
+    command_as(port, None, args)
+}
+
+/// [`command`] after `AUTH password` when one is given.
+pub fn command_as(port: u16, password: Option<&str>, args: &[&str]) -> std::io::Result<Reply> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut out = format!("*{}\r\n", args.len());
-    for arg in args {
-        out.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    let encode = |args: &[&str]| {
+        let mut out = format!("*{}\r\n", args.len());
+        for arg in args {
+            out.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        out
+    };
+    let mut out = String::new();
+    if let Some(password) = password {
+        out.push_str(&encode(&["AUTH", password]));
     }
+    out.push_str(&encode(args));
     (&stream).write_all(out.as_bytes())?;
-    read_reply(&mut BufReader::new(stream))
+    let mut reader = BufReader::new(stream);
+    if password.is_some() {
+        match read_reply(&mut reader)? {
+            Reply::Status(ok) if ok == "OK" => {}
+            other => return Ok(other),
+        }
+    }
+    read_reply(&mut reader)
 }
 
 fn read_reply(r: &mut impl BufRead) -> std::io::Result<Reply> {
@@ -368,7 +388,12 @@ fn read_reply(r: &mut impl BufRead) -> std::io::Result<Reply> {
 
 /// True when something on `port` answers PING like Redis does.
 pub fn answers_ping(port: u16) -> bool {
-    matches!(command(port, &["PING"]), Ok(Reply::Status(s)) if s == "PONG")
+    match command(port, &["PING"]) {
+        Ok(Reply::Status(s)) => s == "PONG",
+        // A server with `requirepass` is up too.
+        Ok(Reply::Error(e)) => e.starts_with("NOAUTH"),
+        _ => false,
+    }
 }
 
 /// A port outside the kernel's ephemeral range, so no outgoing connection's source

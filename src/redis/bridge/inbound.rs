@@ -146,6 +146,7 @@ async fn listen(bridge: &Rc<Bridge>, backoff: &mut Backoff) -> Result<(), RedisE
         subs[i].subscribe_groups(subscribe, &groups).await?;
     }
     bridge.interest.subscribed_all(&topics);
+    bump(&bridge.stats.listens, 1);
     bridge.own_waker.poke();
     backoff.reset();
     // Reading goes on in one task per connection; (un)subscribing for interest routing

@@ -68,6 +68,13 @@ pub struct BridgeStats {
     pub connects: AtomicU64,
     /// 1 while both connections are up.
     pub up: AtomicU64,
+    /// 1 while publishes go out with sharded pub/sub (`SPUBLISH`).
+    pub sharded: AtomicU64,
+    /// Rounds of pub/sub connections started (the first, then one per reconnect or
+    /// slot map change).
+    pub listens: AtomicU64,
+    /// `-MOVED` / `-ASK` redirections of a Redis Cluster followed.
+    pub redirects: Arc<AtomicU64>,
     /// Set once every shard has stopped: finish what is queued, then end the thread.
     pub stop: std::sync::atomic::AtomicBool,
 }
@@ -90,19 +97,21 @@ pub fn spawn(
         .spawn(move || {
             let (outbox, inbox) = links;
             let own_waker = inbox.waker();
+            let mut at = Deployment::from_config(
+                &config.redis,
+                RedisOptions {
+                    host: config.redis.host.clone(),
+                    port: config.redis.port,
+                    username: config.redis.username.clone(),
+                    password: config.redis.password.clone(),
+                    db: config.redis.db,
+                    connect_timeout: Duration::from_secs(2),
+                    sentinels: super::sentinel::Sentinels::from_config(&config.redis),
+                },
+            );
+            at.redirects = Arc::clone(&stats.redirects);
             let bridge = Rc::new(Bridge {
-                at: Deployment::from_config(
-                    &config.redis,
-                    RedisOptions {
-                        host: config.redis.host.clone(),
-                        port: config.redis.port,
-                        username: config.redis.username.clone(),
-                        password: config.redis.password.clone(),
-                        db: config.redis.db,
-                        connect_timeout: Duration::from_secs(2),
-                        sentinels: super::sentinel::Sentinels::from_config(&config.redis),
-                    },
-                ),
+                at,
                 sharded: Cell::new(false),
                 registered: RefCell::new(AHashSet::new()),
                 keys: Keys::new(&config.redis.key_prefix, &config.redis.channel_prefix),
@@ -316,6 +325,10 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
                 Ok(c) => {
                     eprintln!("corecast: redis connected at {}", c.server());
                     bridge.sharded.set(c.sharded());
+                    bridge
+                        .stats
+                        .sharded
+                        .store(u64::from(c.sharded()), Ordering::Relaxed);
                     bridge.registered.borrow_mut().clear();
                     if bridge.at.wants_sharded() && !c.sharded() && !said_classic {
                         eprintln!(
