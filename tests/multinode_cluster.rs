@@ -120,6 +120,84 @@ fn listeners(cluster: &Cluster, channel: &str) -> (i64, i64) {
     (sharded, classic)
 }
 
+/// A counter from `INFO` (`section`, `field:value` lines) on the node at `port`.
+fn info_counter(cluster: &Cluster, port: u16, args: &[&str], field: &str) -> u64 {
+    let text = match cluster.command(port, args) {
+        Ok(reply) => reply.text().unwrap_or("").to_owned(),
+        Err(e) => panic!("{args:?} on :{port}: {e}"),
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map_or(0, |v| {
+            // `cmdstat_x:calls=N,usec=...` or a plain number.
+            let v = v.strip_prefix("calls=").unwrap_or(v);
+            v.split(',')
+                .next()
+                .unwrap_or("0")
+                .trim()
+                .parse()
+                .unwrap_or(0)
+        })
+}
+
+/// Per master, publishes it handled (`SPUBLISH` and `PUBLISH` calls) and pub/sub messages
+/// it sent over the cluster bus so far.
+fn pubsub_counts(cluster: &Cluster) -> Vec<(u64, u64)> {
+    let bus = |p: u16| {
+        info_counter(
+            cluster,
+            p,
+            &["CLUSTER", "INFO"],
+            "cluster_stats_messages_publish_sent",
+        ) + info_counter(
+            cluster,
+            p,
+            &["CLUSTER", "INFO"],
+            "cluster_stats_messages_publishshard_sent",
+        )
+    };
+    cluster
+        .masters()
+        .iter()
+        .map(|&p| {
+            let calls = info_counter(cluster, p, &["INFO", "commandstats"], "cmdstat_spublish")
+                + info_counter(cluster, p, &["INFO", "commandstats"], "cmdstat_publish");
+            (calls, bus(p))
+        })
+        .collect()
+}
+
+/// [`pubsub_counts`] during `f`.
+fn pubsub_load(cluster: &Cluster, f: impl FnOnce()) -> Vec<(u64, u64)> {
+    let before = pubsub_counts(cluster);
+    f();
+    pubsub_counts(cluster)
+        .into_iter()
+        .zip(before)
+        .map(|((c, b), (c0, b0))| (c - c0, b - b0))
+        .collect()
+}
+
+/// Publishes `per_channel` events on each of `channels` via `via` and waits until
+/// `sub` (subscribed to all of them on another node) got them all.
+fn publish_round(via: &Server, channels: &[String], per_channel: usize, sub: &mut Ws) {
+    for n in 0..per_channel {
+        for c in channels {
+            publish(via.port, c, "load", &n.to_string());
+        }
+    }
+    let want = channels.len() * per_channel;
+    let mut got = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got < want {
+        assert!(Instant::now() < deadline, "{got} of {want} events arrived");
+        got += frames_for(sub, Duration::from_millis(200))
+            .iter()
+            .filter(|v| v["event"] == "load")
+            .count();
+    }
+}
+
 /// The pub/sub channel of one Pusher channel of the default app (interest routing).
 fn topic(channel: &str) -> String {
     format!("corecast#ch#app-id#{channel}")
@@ -211,6 +289,32 @@ fn over_a_redis_cluster_every_multinode_behaviour_holds_with_sharded_pubsub() {
     owners.sort_unstable();
     owners.dedup();
     assert!(owners.len() >= 2, "6 topics on {owners:?}");
+
+    // Pub/sub load: each publish is handled by its channel's master alone, and none is
+    // copied over the cluster bus.
+    let (mut all, _) = Ws::pusher(b.port);
+    for name in &channels {
+        all.subscribe(name);
+    }
+    let load = pubsub_load(&cluster, || publish_round(&a, &channels, 10, &mut all));
+    let expected: Vec<u64> = cluster
+        .masters()
+        .iter()
+        .map(|&m| {
+            let mine = channels
+                .iter()
+                .filter(|c| cluster.owner(cluster.slot(&topic(c))) == m)
+                .count();
+            10 * mine as u64
+        })
+        .collect();
+    eprintln!("60 events over 6 channels, sharded: (publishes, bus messages) per master {load:?}");
+    let calls: Vec<u64> = load.iter().map(|(c, _)| *c).collect();
+    assert_eq!(calls, expected, "publishes per master");
+    assert!(
+        load.iter().all(|(_, bus)| *bus == 0),
+        "bus messages: {load:?}"
+    );
 
     // Client events on a private channel cross nodes, not echoed.
     let channel = "private-chat";
@@ -464,6 +568,20 @@ fn without_sharded_pubsub_the_cluster_falls_back_to_classic_pubsub_and_says_so()
         subs.push((ws, id));
     }
     ordered_publishes_reach_everyone(&b, "orders", &mut subs);
+
+    // Classic pub/sub load: every publish is copied over the cluster bus to every other
+    // server of the cluster.
+    let channels: Vec<String> = (0..6).map(|i| format!("spread-{i}")).collect();
+    let (mut all, _) = Ws::pusher(b.port);
+    for name in &channels {
+        all.subscribe(name);
+    }
+    let load = pubsub_load(&cluster, || publish_round(&a, &channels, 10, &mut all));
+    eprintln!("60 events over 6 channels, classic: (publishes, bus messages) per master {load:?}");
+    let calls: u64 = load.iter().map(|(c, _)| c).sum();
+    let bus: u64 = load.iter().map(|(_, b)| b).sum();
+    assert_eq!(calls, 60, "publishes: {load:?}");
+    assert_eq!(bus, 60 * 2, "bus copies to the 2 other masters: {load:?}");
     let classic = cluster
         .masters()
         .iter()
