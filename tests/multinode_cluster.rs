@@ -96,6 +96,18 @@ fn metric(server: &Server, name: &str) -> Option<f64> {
     })
 }
 
+/// Reads `ws` until its member events for `channel` are `want` (or 10 s pass), then a
+/// little longer to see that no other member event follows.
+fn members_seen(ws: &mut Ws, channel: &str, want: &[(String, String)]) {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while member_events(&seen, channel).len() < want.len() && Instant::now() < deadline {
+        seen.extend(frames_for(ws, Duration::from_millis(100)));
+    }
+    seen.extend(frames_for(ws, Duration::from_millis(300)));
+    assert_eq!(member_events(&seen, channel), want, "{seen:?}");
+}
+
 fn added(user: &str) -> (String, String) {
     ("added".to_owned(), user.to_owned())
 }
@@ -339,12 +351,7 @@ fn over_a_redis_cluster_every_multinode_behaviour_holds_with_sharded_pubsub() {
     join_presence(&mut alice_b, &id, channel, "alice");
     let (mut alice_a, id) = Ws::pusher(a.port);
     join_presence(&mut alice_a, &id, channel, "alice");
-    let seen = frames_for(&mut watcher, Duration::from_millis(1500));
-    assert_eq!(
-        member_events(&seen, channel),
-        vec![added("alice")],
-        "{seen:?}"
-    );
+    members_seen(&mut watcher, channel, &[added("alice")]);
     users_everywhere(&[&a, &b], channel, &["alice", "watcher"]);
     let key = format!("corecast:{{app-id}}:presence:{channel}");
     let holder = cluster.owner(cluster.slot(&key));
@@ -402,12 +409,7 @@ fn a_slot_moved_between_masters_mid_test_is_followed() {
     join_presence(&mut watch_b, &id, channel, "watch-b");
     let (mut carol, id) = Ws::pusher(a.port);
     join_presence(&mut carol, &id, channel, "carol");
-    let seen = frames_for(&mut watch_b, Duration::from_millis(1000));
-    assert_eq!(
-        member_events(&seen, channel),
-        vec![added("carol")],
-        "{seen:?}"
-    );
+    members_seen(&mut watch_b, channel, &[added("carol")]);
 
     // Move the slots of the channel's topic, of the broadcast channel and of the app's
     // presence keys, each to another master.
@@ -460,12 +462,7 @@ fn a_slot_moved_between_masters_mid_test_is_followed() {
     users_everywhere(&[&a, &b], channel, &["carol", "watch-b"]);
     let (mut dave, id) = Ws::pusher(a.port);
     join_presence(&mut dave, &id, channel, "dave");
-    let seen = frames_for(&mut watch_b, Duration::from_millis(1500));
-    assert_eq!(
-        member_events(&seen, channel),
-        vec![added("dave")],
-        "{seen:?}"
-    );
+    members_seen(&mut watch_b, channel, &[added("dave")]);
     // Redirections followed and pub/sub rounds restarted are counted.
     let redirects = metric(&a, "corecast_redis_redirects_total").unwrap_or(0.0);
     assert!(redirects >= 1.0, "redirects on node A: {redirects}");
@@ -497,12 +494,7 @@ fn a_master_failing_over_inside_the_cluster_is_survived() {
     join_presence(&mut watch_b, &id, channel, "watch-b");
     let (mut carol, id) = Ws::pusher(a.port);
     join_presence(&mut carol, &id, channel, "carol");
-    let seen = frames_for(&mut watch_b, Duration::from_millis(1000));
-    assert_eq!(
-        member_events(&seen, channel),
-        vec![added("carol")],
-        "{seen:?}"
-    );
+    members_seen(&mut watch_b, channel, &[added("carol")]);
 
     // Fail over the master holding the app's presence keys and the broadcast channel's
     // slot (moved there first, so one failover hits both).
@@ -541,12 +533,7 @@ fn a_master_failing_over_inside_the_cluster_is_survived() {
     users_everywhere(&[&a, &b], channel, &["carol", "watch-b"]);
     let (mut dave, id) = Ws::pusher(a.port);
     join_presence(&mut dave, &id, channel, "dave");
-    let seen = frames_for(&mut watch_b, Duration::from_millis(1500));
-    assert_eq!(
-        member_events(&seen, channel),
-        vec![added("dave")],
-        "{seen:?}"
-    );
+    members_seen(&mut watch_b, channel, &[added("dave")]);
     users_everywhere(&[&a, &b], channel, &["carol", "dave", "watch-b"]);
 }
 
