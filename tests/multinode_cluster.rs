@@ -376,6 +376,28 @@ fn over_a_redis_cluster_every_multinode_behaviour_holds_with_sharded_pubsub() {
             "GET /channels/orders via :{}: {last}",
             server.port
         );
+        let list = signed_get(
+            server.port,
+            "/apps/app-id/channels",
+            &[("info", "subscription_count")],
+        )
+        .1;
+        assert_eq!(
+            list["channels"]["orders"]["subscription_count"], 4,
+            "GET /channels via :{}: {list}",
+            server.port
+        );
+        let presence = signed_get(
+            server.port,
+            "/apps/app-id/channels",
+            &[("filter_by_prefix", "presence-"), ("info", "user_count")],
+        )
+        .1;
+        assert_eq!(
+            presence["channels"]["presence-room"]["user_count"], 2,
+            "GET /channels?filter_by_prefix=presence- via :{}: {presence}",
+            server.port
+        );
     }
 
     // User events and termination reach the user's sockets on the other node.
