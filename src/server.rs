@@ -411,6 +411,21 @@ fn redis_samples(stats: &BridgeStats) -> Vec<Sample> {
             get(&stats.redirects),
         ),
         Sample::counter(
+            "corecast_limits_lease_requests_total",
+            "Cluster-wide limits: tokens asked of Redis when the node's share ran out.",
+            get(&stats.lease_requests),
+        ),
+        Sample::counter(
+            "corecast_limits_lease_refused_total",
+            "Cluster-wide limits: requests refused because the cluster was at the limit.",
+            get(&stats.lease_refused),
+        ),
+        Sample::counter(
+            "corecast_limits_redis_unavailable_total",
+            "Cluster-wide limits: requests decided by the node alone while Redis was unreachable.",
+            get(&stats.lease_unavailable),
+        ),
+        Sample::counter(
             "corecast_redis_ring_dropped_total",
             "Messages from other nodes dropped because a shard's ring stayed full.",
             get(&stats.ring_dropped),

@@ -76,6 +76,121 @@ impl Quota {
     }
 }
 
+/// Tokens this node holds of a cluster-wide quota (connection slots), leased from Redis
+/// by the redis bridge. A shard takes one per connection without asking anyone while
+/// there are some; a closed connection gives its token back to the node, and the bridge
+/// returns tokens the node does not need to Redis.
+#[derive(Debug, Default)]
+pub struct Lease {
+    /// Leased and unused.
+    tokens: AtomicU64,
+    /// Leased and held by open connections.
+    in_use: AtomicU64,
+}
+
+impl Lease {
+    /// Takes `n` unused tokens for connections, if the node holds that many.
+    pub fn try_take(&self, n: u64) -> bool {
+        let taken = self
+            .tokens
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |t| t.checked_sub(n))
+            .is_ok();
+        if taken {
+            self.in_use.fetch_add(n, Ordering::AcqRel);
+        }
+        taken
+    }
+
+    /// Redis granted `used` tokens for the connection that asked and `spare` more.
+    pub fn granted(&self, used: u64, spare: u64) {
+        self.in_use.fetch_add(used, Ordering::AcqRel);
+        self.tokens.fetch_add(spare, Ordering::AcqRel);
+    }
+
+    /// `n` connections closed: their tokens are unused again.
+    pub fn release(&self, n: u64) {
+        let _ = self
+            .in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |t| t.checked_sub(n));
+        self.tokens.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Tokens leased from Redis, used or not: what Redis should count for this node.
+    #[must_use]
+    pub fn held(&self) -> u64 {
+        self.in_use.load(Ordering::Relaxed) + self.tokens.load(Ordering::Relaxed)
+    }
+
+    /// Takes every token above `keep`, for the bridge to return them to Redis.
+    pub fn take_above(&self, keep: u64) -> u64 {
+        match self
+            .tokens
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |t| {
+                (t > keep).then_some(keep)
+            }) {
+            Ok(before) => before - keep,
+            Err(_) => 0,
+        }
+    }
+
+    /// Tokens held.
+    #[must_use]
+    pub fn tokens(&self) -> u64 {
+        self.tokens.load(Ordering::Relaxed)
+    }
+}
+
+/// Tokens this node holds of a cluster-wide per-second limit for one unix second:
+/// `(second << 32) | tokens` in one atomic. Tokens of a past second are worthless.
+#[derive(Debug, Default)]
+pub struct RateLease {
+    state: AtomicU64,
+    /// `second + 1` of a second the cluster has no tokens left in: later requests of that
+    /// second are refused without asking Redis.
+    exhausted: AtomicU64,
+}
+
+impl RateLease {
+    /// The cluster refused tokens of second `now_sec`.
+    pub fn mark_exhausted(&self, now_sec: u64) {
+        self.exhausted.store(now_sec + 1, Ordering::Relaxed);
+    }
+
+    /// Whether the cluster has no tokens left in second `now_sec`.
+    #[must_use]
+    pub fn is_exhausted(&self, now_sec: u64) -> bool {
+        self.exhausted.load(Ordering::Relaxed) == now_sec + 1
+    }
+
+    /// Takes `n` tokens of second `now_sec` if the node holds that many.
+    pub fn try_take(&self, now_sec: u64, n: u64) -> bool {
+        let second = now_sec & 0xffff_ffff;
+        self.state
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |s| {
+                let (win, tokens) = (s >> 32, s & 0xffff_ffff);
+                (win == second && tokens >= n).then(|| (second << 32) | (tokens - n))
+            })
+            .is_ok()
+    }
+
+    /// Adds `n` tokens for second `now_sec` (dropping those of an older second).
+    pub fn give(&self, now_sec: u64, n: u64) {
+        let second = now_sec & 0xffff_ffff;
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |s| {
+                let (win, tokens) = (s >> 32, s & 0xffff_ffff);
+                let tokens = match win.cmp(&second) {
+                    std::cmp::Ordering::Equal => tokens,
+                    std::cmp::Ordering::Less => 0,
+                    // Tokens of a later second already: these are stale.
+                    std::cmp::Ordering::Greater => return None,
+                };
+                Some((second << 32) | (tokens + n).min(0xffff_ffff))
+            });
+    }
+}
+
 /// A token bucket owned by one shard (no sharing): `rate` tokens a second up to `burst`.
 #[derive(Debug)]
 pub struct TokenBucket {
@@ -124,6 +239,37 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn a_lease_hands_out_its_tokens_and_returns_the_excess() {
+        let l = Lease::default();
+        assert!(!l.try_take(1));
+        l.granted(1, 5);
+        assert!(l.try_take(2));
+        assert!(!l.try_take(4));
+        assert_eq!(l.held(), 6);
+        assert_eq!(l.take_above(1), 2);
+        assert_eq!(l.tokens(), 1);
+        assert_eq!(l.take_above(1), 0);
+        l.release(3);
+        assert_eq!((l.tokens(), l.held()), (4, 4));
+    }
+
+    #[test]
+    fn rate_lease_tokens_are_worth_their_second_only() {
+        let l = RateLease::default();
+        l.give(100, 3);
+        assert!(l.try_take(100, 2));
+        assert!(!l.try_take(100, 2));
+        assert!(!l.try_take(101, 1), "tokens of second 100 are gone in 101");
+        l.give(101, 1);
+        l.give(100, 5);
+        assert!(l.try_take(101, 1));
+        assert!(
+            !l.try_take(101, 1),
+            "a late grant for 100 does not count in 101"
+        );
+    }
 
     #[test]
     fn rate_window_allows_limit_per_second_then_resets() {

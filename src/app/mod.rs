@@ -18,7 +18,7 @@ use ahash::AHashMap;
 use arc_swap::{ArcSwap, Guard};
 
 use crate::config::AppConfig;
-use limits::{Quota, RateWindow};
+use limits::{Lease, Quota, RateLease, RateWindow};
 
 /// Index of an app in the [`AppTable`]; what envelopes and maps carry instead of strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,6 +33,13 @@ pub struct AppUsage {
     pub backend_events: RateWindow,
     /// REST reads this second, against `max_read_req_per_sec`.
     pub read_requests: RateWindow,
+    /// With the redis adapter: connection slots of the cluster-wide `max_connections`
+    /// this node holds and has not used.
+    pub connection_lease: Lease,
+    /// With `SOKETI_RATE_LIMITER_DRIVER=redis`: this node's unused share of the cluster's
+    /// `max_backend_events_per_sec` and `max_read_req_per_sec` for the current second.
+    pub backend_lease: RateLease,
+    pub read_lease: RateLease,
 }
 
 /// A current row of an app, as shards read it.

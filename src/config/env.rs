@@ -166,7 +166,7 @@ pub const VARS: &[EnvVar] = &[
     var("SOKETI_QUEUE_SQS_PROCESS_BATCH", "queue.sqs.processBatch", "false", IGNORED),
     var("SOKETI_QUEUE_SQS_REGION", "queue.sqs.region", "us-east-1", IGNORED),
     var("SOKETI_QUEUE_SQS_URL", "queue.sqs.queueUrl", "", IGNORED),
-    var("SOKETI_RATE_LIMITER_DRIVER", "rateLimiter.driver", "local", "ignored: rate limits are counted per node"),
+    var("SOKETI_RATE_LIMITER_DRIVER", "rateLimiter.driver", "local", "local counts rate limits per node; redis over the cluster (needs the redis adapter)"),
     var("SOKETI_RATE_LIMITER_REDIS_CLUSTER_MODE", "rateLimiter.redis.clusterMode", "false", IGNORED),
     var("SOKETI_RATE_LIMITER_REDIS_OPTIONS", "rateLimiter.redis.redisOptions", "{}", IGNORED),
     var("SOKETI_SHUTDOWN_GRACE_PERIOD", "shutdownGracePeriod", "3000", "ms between closing sockets and exiting"),

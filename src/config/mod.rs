@@ -192,6 +192,10 @@ pub struct RedisConfig {
     /// Redis 7) also on a single Redis server. A Redis Cluster uses it whenever its
     /// servers have it; without it both fall back to classic pub/sub, saying so. False.
     pub shard_mode: bool,
+    /// `SOKETI_RATE_LIMITER_DRIVER=redis`: `max_backend_events_per_sec` and
+    /// `max_read_req_per_sec` count over the cluster (tokens leased from Redis); `local`
+    /// (the default) counts them per node. Needs the redis adapter.
+    pub rate_limits: bool,
 }
 
 /// TLS files, as Soketi's `ssl.*` (`SOKETI_SSL_CERT`, `_KEY`, `_PASS`, `_CA`); empty when unset.
@@ -260,6 +264,7 @@ impl Default for Config {
                 cluster_mode: false,
                 cluster_nodes: Vec::new(),
                 shard_mode: false,
+                rate_limits: false,
             },
             webhooks_batching: false,
             webhooks_batching_duration: Duration::from_millis(50),
@@ -410,6 +415,12 @@ impl Builder {
             return Err(ConfigError::Conflict {
                 options: "adapter.redis.clusterMode and database.redis.sentinels",
                 reason: "a Redis Cluster fails over by itself; use one or the other",
+            });
+        }
+        if redis.rate_limits && self.config.adapter != AdapterDriver::Redis {
+            return Err(ConfigError::Conflict {
+                options: "rateLimiter.driver redis and adapter.driver local",
+                reason: "cluster-wide rate limits are kept through the redis adapter; set SOKETI_ADAPTER_DRIVER=redis",
             });
         }
         if redis.cluster_mode && redis.db != 0 {

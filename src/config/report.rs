@@ -480,6 +480,11 @@ fn effective(c: &Config, key: &str) -> Option<Option<String>> {
         }),
         "adapter.redis.clusterMode" => n(&c.redis.cluster_mode),
         "adapter.redis.shardMode" => n(&c.redis.shard_mode),
+        "rateLimiter.driver" => s(if c.redis.rate_limits {
+            "redis"
+        } else {
+            "local"
+        }),
         "database.redis.sentinelPassword" => c.redis.sentinel_password.clone(),
         _ => {
             let field = key.strip_prefix("appManager.array.apps.0.")?;

@@ -101,6 +101,13 @@ impl Builder {
             "adapter.redis.interest" => c.redis.interest = value::boolean(&raw, o)?,
             "adapter.redis.clusterMode" => c.redis.cluster_mode = value::boolean(&raw, o)?,
             "adapter.redis.shardMode" => c.redis.shard_mode = value::boolean(&raw, o)?,
+            "rateLimiter.driver" => {
+                c.redis.rate_limits = match value::string(&raw, o)?.as_str() {
+                    "local" => false,
+                    "redis" => true,
+                    _ => return Err(unsupported(&raw, o, "use local or redis")),
+                };
+            }
             "database.redis.host" => c.redis.host = value::non_empty(&raw, o)?,
             "database.redis.port" => c.redis.port = value::port(&raw, o)?,
             "database.redis.db" => {

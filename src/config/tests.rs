@@ -77,6 +77,7 @@ const CASES: &[(&str, &str, Check)] = &[
     ("SOKETI_DB_REDIS_CLUSTER_NODES", r#"[{"host":"r1","port":7000},{"host":"r2"},"r3:7002"]"#, |c| c.redis.cluster_nodes == [("r1".to_owned(), 7000), ("r2".to_owned(), 6379), ("r3".to_owned(), 7002)]),
     ("SOKETI_ADAPTER_REDIS_CLUSTER_MODE", "true", |c| c.redis.cluster_mode),
     ("SOKETI_ADAPTER_REDIS_SHARD_MODE", "true", |c| c.redis.shard_mode),
+    ("SOKETI_RATE_LIMITER_DRIVER", "local", |c| !c.redis.rate_limits),
     ("SOKETI_DB_REDIS_SENTINEL_PASSWORD", "s3cret", |c| c.redis.sentinel_password.as_deref() == Some("s3cret")),
     ("SOKETI_DB_REDIS_USERNAME", "cc", |c| c.redis.username.as_deref() == Some("cc")),
     ("SOKETI_DEBUG", "1", |c| c.debug),
@@ -324,7 +325,7 @@ fn indexed_app_keys_add_and_patch_apps() {
 #[test]
 fn ignored_soketi_options_are_accepted() {
     let file = r#"{"queue.driver": "redis", "cors": {"origin": ["*"]}, "cluster.port": 11002,
-        "appManager.mysql": {"table": "apps"}, "adapter.redis.redisPubOptions": {}, "rateLimiter.driver": "redis"}"#;
+        "appManager.mysql": {"table": "apps"}, "adapter.redis.redisPubOptions": {}, "rateLimiter.redis.clusterMode": true}"#;
     assert!(
         load(
             Some(file),
@@ -359,6 +360,8 @@ const ERROR_CASES: &[ErrorCase] = &[
     (None, &[("SOKETI_DB_REDIS_CLUSTER_NODES", r#"[{"host":"s","port":70000}]"#)], "invalid value for SOKETI_DB_REDIS_CLUSTER_NODES.0.port: 70000"),
     (None, &[("SOKETI_ADAPTER_REDIS_CLUSTER_MODE", "true"), ("SOKETI_DB_REDIS_SENTINELS", r#"[{"host":"s"}]"#)], "adapter.redis.clusterMode and database.redis.sentinels cannot be used together"),
     (None, &[("SOKETI_ADAPTER_REDIS_CLUSTER_MODE", "true"), ("SOKETI_DB_REDIS_DB", "2")], "adapter.redis.clusterMode and database.redis.db cannot be used together"),
+    (None, &[("SOKETI_RATE_LIMITER_DRIVER", "redis")], "rateLimiter.driver redis and adapter.driver local cannot be used together"),
+    (None, &[("SOKETI_RATE_LIMITER_DRIVER", "cluster")], "SOKETI_RATE_LIMITER_DRIVER: \"cluster\" is not supported"),
     (None, &[("SOKETI_DB_REDIS_SENTINELS", r#"{"host":"s"}"#)], "invalid value for SOKETI_DB_REDIS_SENTINELS: \"{"),
     (None, &[("SOKETI_DB_REDIS_SENTINELS", r#"[{"port":26379}]"#)], "SOKETI_DB_REDIS_SENTINELS.0.host is required"),
     (None, &[("SOKETI_DB_REDIS_SENTINELS", r#"[{"host":"s"},{"host":"t","port":0}]"#)], "invalid value for SOKETI_DB_REDIS_SENTINELS.1.port: 0"),

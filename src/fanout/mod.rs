@@ -124,6 +124,40 @@ pub enum Envelope {
     },
     /// Close every local socket signed in as `user_id` (4009).
     TerminateUser { app: AppIdx, user_id: Arc<str> },
+    /// To the redis bridge: shard `from` needs `need` more tokens of a cluster-wide limit
+    /// of `app` than this node holds; the bridge answers with `Leased`.
+    Lease {
+        from: usize,
+        id: u64,
+        app: AppIdx,
+        kind: LeaseKind,
+        need: u64,
+    },
+    /// From the redis bridge: the answer to lease request `id`.
+    Leased { id: u64, verdict: LeaseVerdict },
+}
+
+/// Which cluster-wide limit a lease is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LeaseKind {
+    /// Connection slots of `max_connections`.
+    Connections,
+    /// Points of `max_backend_events_per_sec` in unix second `second`.
+    BackendEvents { second: u64 },
+    /// Requests of `max_read_req_per_sec` in unix second `second`.
+    ReadRequests { second: u64 },
+}
+
+/// How the redis bridge answered a lease request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseVerdict {
+    /// The tokens asked for are the requester's (more may have been added to the node's
+    /// lease for later requests).
+    Granted,
+    /// The cluster is at its limit.
+    Refused,
+    /// Redis is unreachable: the node decides alone (see the limit's documentation).
+    Unavailable,
 }
 
 /// One presence member of a shard's roster: app, channel, user id, `user_info` JSON.

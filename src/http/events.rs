@@ -38,7 +38,7 @@ pub async fn trigger(shard: &Rc<Shard>, app_idx: AppIdx, body: &mut [u8]) -> Res
         Ok(event) => event,
         Err(resp) => return resp,
     };
-    if let Err(resp) = admit(shard, app_idx, event.channels.len()) {
+    if let Err(resp) = admit(shard, app_idx, event.channels.len()).await {
         return resp;
     }
     if let Err(resp) = room(shard, event.channels.len()).await {
@@ -73,11 +73,29 @@ async fn room(shard: &Shard, envelopes: usize) -> Result<(), Response> {
     Ok(())
 }
 
-/// `max_backend_events_per_sec`: one point per channel an event goes to, as Soketi counts.
-fn admit(shard: &Shard, app: AppIdx, points: usize) -> Result<(), Response> {
+/// `max_backend_events_per_sec`: one point per channel an event goes to, as Soketi counts;
+/// over the cluster with `SOKETI_RATE_LIMITER_DRIVER=redis` (per node while Redis is
+/// unreachable).
+async fn admit(shard: &Rc<Shard>, app: AppIdx, points: usize) -> Result<(), Response> {
     let Some(limit) = shard.apps.get(app).max_backend_events_per_sec else {
         return Ok(());
     };
+    if shard.cluster_rates() {
+        match shard
+            .take_rate(app, crate::shard::Rate::Backend, points as u64)
+            .await
+        {
+            Some(true) => return Ok(()),
+            Some(false) => {
+                return Err(super::too_many(
+                    shard,
+                    1,
+                    crate::metrics::Counter::RateLimitedBackend,
+                ));
+            }
+            None => {}
+        }
+    }
     let now = crate::app::limits::unix_secs();
     shard
         .apps
@@ -134,7 +152,7 @@ pub async fn trigger_batch(shard: &Rc<Shard>, app_idx: AppIdx, body: &mut [u8]) 
         }
     }
     let points = events.iter().map(|e| e.channels.len()).sum();
-    if let Err(resp) = admit(shard, app_idx, points) {
+    if let Err(resp) = admit(shard, app_idx, points).await {
         return resp;
     }
     if let Err(resp) = room(shard, points).await {

@@ -218,15 +218,27 @@ pub async fn handle(shard: &Rc<Shard>, head: &RequestHead, body: &mut BytesMut) 
     let segments: Vec<&str> = route.split('/').collect();
     let get = head.method == Method::GET;
     let post = head.method == Method::POST;
-    if get
-        && let Some(limit) = app.max_read_req_per_sec
-        && let Err(retry) = shard
-            .apps
-            .usage(app_idx)
-            .read_requests
-            .try_acquire(now, limit)
-    {
-        return too_many(shard, retry, Counter::RateLimitedRead);
+    if get && let Some(limit) = app.max_read_req_per_sec {
+        // Over the cluster with the redis rate limiter; per node without it, or while
+        // Redis is unreachable.
+        let cluster = match shard.cluster_rates() {
+            true => shard.take_rate(app_idx, crate::shard::Rate::Read, 1).await,
+            false => None,
+        };
+        match cluster {
+            Some(true) => {}
+            Some(false) => return too_many(shard, 1, Counter::RateLimitedRead),
+            None => {
+                if let Err(retry) = shard
+                    .apps
+                    .usage(app_idx)
+                    .read_requests
+                    .try_acquire(now, limit)
+                {
+                    return too_many(shard, retry, Counter::RateLimitedRead);
+                }
+            }
+        }
     }
     match segments.as_slice() {
         ["events"] if post => events::trigger(shard, app_idx, body).await,

@@ -65,6 +65,45 @@ if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
 return n
 ";
 
+/// Leases connection slots of an app's cluster-wide `max_connections` to a node. Grants
+/// the `need` slots asked for if that many are not leased to any node (else none), plus
+/// headroom for later connections: half of what stays free, at most `block`. Near the
+/// quota the headroom is 0, so each connection is decided here, exactly. Returns the
+/// slots granted.
+/// KEYS: the app's leases (`node -> slots`). ARGV: node, need, max, block.
+pub const CONNECTION_LEASE: &str = r"
+local others, mine = 0, 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if all[i] == ARGV[1] then mine = tonumber(all[i + 1]) else others = others + tonumber(all[i + 1]) end
+end
+local free = tonumber(ARGV[3]) - others - mine
+local need = tonumber(ARGV[2])
+if need > free then return 0 end
+local extra = math.floor((free - need) / 2)
+if extra > tonumber(ARGV[4]) then extra = tonumber(ARGV[4]) end
+local grant = need + extra
+if grant > 0 then redis.call('HINCRBY', KEYS[1], ARGV[1], grant) end
+return grant
+";
+
+/// Leases tokens of an app's cluster-wide per-second limit for one second, on the same
+/// rule: the `need` asked for if the second has them left (else none), plus half of what
+/// stays, at most `block`. Returns the tokens granted.
+/// KEYS: the second's counter. ARGV: need, limit, block.
+pub const RATE_LEASE: &str = r"
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local free = tonumber(ARGV[2]) - used
+local need = tonumber(ARGV[1])
+if need > free then return 0 end
+local extra = math.floor((free - need) / 2)
+if extra > tonumber(ARGV[3]) then extra = tonumber(ARGV[3]) end
+local grant = need + extra
+redis.call('INCRBY', KEYS[1], grant)
+redis.call('EXPIRE', KEYS[1], 5)
+return grant
+";
+
 /// Key and channel names under the configured prefixes.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -156,6 +195,21 @@ impl Keys {
     pub fn node_occupied(&self, node: u32, app_id: &str) -> String {
         format!(
             "{}corecast:{{{app_id}}}:node:{node}:occupied",
+            self.key_prefix
+        )
+    }
+
+    /// Connection slots of an app's cluster-wide quota leased to each node.
+    #[must_use]
+    pub fn connection_leases(&self, app_id: &str) -> String {
+        format!("{}corecast:{{{app_id}}}:connection-leases", self.key_prefix)
+    }
+
+    /// Tokens of an app's per-second limit (`backend` or `read`) taken in one unix second.
+    #[must_use]
+    pub fn rate(&self, app_id: &str, kind: &str, second: u64) -> String {
+        format!(
+            "{}corecast:{{{app_id}}}:rate:{kind}:{second}",
             self.key_prefix
         )
     }

@@ -25,6 +25,13 @@ pub enum Message {
         app_id: String,
         user_id: String,
     },
+    /// Cluster-wide connection quota: `node` was refused a slot of `app_id`; every node
+    /// gives its unused slots back to Redis and answers with `done` set.
+    Reclaim {
+        node: u32,
+        app_id: String,
+        done: bool,
+    },
 }
 
 /// A message that could not be decoded (another program on the channel, or a newer
@@ -35,6 +42,7 @@ pub struct Malformed;
 
 const PUBLISH: u8 = 1;
 const TERMINATE: u8 = 2;
+const RECLAIM: u8 = 7;
 /// First byte of every message, so foreign traffic on the channel is recognised.
 const MAGIC: u8 = 0xCC;
 
@@ -43,7 +51,9 @@ impl Message {
     #[must_use]
     pub fn node(&self) -> u32 {
         match self {
-            Self::Publish { node, .. } | Self::Terminate { node, .. } => *node,
+            Self::Publish { node, .. }
+            | Self::Terminate { node, .. }
+            | Self::Reclaim { node, .. } => *node,
         }
     }
 
@@ -87,6 +97,12 @@ impl Message {
                 put_str(&mut out, app_id);
                 put_str(&mut out, user_id);
             }
+            Self::Reclaim { node, app_id, done } => {
+                out.put_u8(RECLAIM);
+                out.put_u32(*node);
+                put_str(&mut out, app_id);
+                out.put_u8(u8::from(*done));
+            }
         }
         out.freeze()
     }
@@ -129,6 +145,15 @@ impl Message {
                     app_id,
                     user_id,
                 })
+            }
+            RECLAIM => {
+                let app_id = get_str(&mut buf)?;
+                let done = match get_u8(&mut buf)? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(Malformed),
+                };
+                Ok(Self::Reclaim { node, app_id, done })
             }
             _ => Err(Malformed),
         }
@@ -201,6 +226,18 @@ mod tests {
             user_id: "u1".into(),
         };
         assert_eq!(Message::decode(&m.encode()), Ok(m));
+    }
+
+    #[test]
+    fn reclaim_round_trips() {
+        for done in [false, true] {
+            let m = Message::Reclaim {
+                node: 3,
+                app_id: "a".into(),
+                done,
+            };
+            assert_eq!(Message::decode(&m.encode()), Ok(m));
+        }
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct Conn {
     pub user_id: Option<Arc<str>>,
     /// Signed in or joined a private or presence channel (for user-authentication apps).
     pub authorized: bool,
+    /// Holds a slot of the app's cluster-wide connection quota, given back on close.
+    pub leased_slot: bool,
     /// When the connection was established.
     pub opened_at: Instant,
     /// Client events in the current one-second window: `(window start, count)`.

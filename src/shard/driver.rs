@@ -20,7 +20,6 @@ use super::tls::Tls;
 use super::{Shard, session};
 use crate::app::AppIdx;
 use crate::app::manager::Outcome;
-use crate::config::AppConfig;
 use crate::http::{self, Response};
 use crate::metrics::Counter;
 use crate::protocol::{ErrorCode, PROTOCOL_VERSION, connection_established, error_frame};
@@ -221,18 +220,27 @@ async fn upgrade(shard: Rc<Shard>, mut link: Link, head: RequestHead) {
     }
     let query = crate::auth::parse_query(head.uri.query().unwrap_or(""));
     drop(head);
+    let mut leased_slot = false;
     let (app, refusal) = match shard.app_by_key(&key).await {
         Outcome::Missing => (None, Some(ErrorCode::AppDoesNotExist)),
         Outcome::Unavailable => (None, Some(ErrorCode::AppsUnavailable)),
         Outcome::Found(idx) => {
-            let cfg = shard.apps.get(idx);
-            if cfg.enabled {
-                (
-                    Some(idx),
-                    check_protocol(&query).or_else(|| admit(&shard, idx, &cfg)),
-                )
-            } else {
+            let (enabled, max_connections) = {
+                let cfg = shard.apps.get(idx);
+                (cfg.enabled, cfg.max_connections)
+            };
+            if !enabled {
                 (None, Some(ErrorCode::AppDisabled))
+            } else if let Some(code) = check_protocol(&query) {
+                (Some(idx), Some(code))
+            } else {
+                match admit(&shard, idx, max_connections).await {
+                    Ok(leased) => {
+                        leased_slot = leased;
+                        (Some(idx), None)
+                    }
+                    Err(code) => (Some(idx), Some(code)),
+                }
             }
         }
     };
@@ -271,6 +279,7 @@ async fn upgrade(shard: Rc<Shard>, mut link: Link, head: RequestHead) {
         authorized: false,
         opened_at: now,
         client_events: (now, 0),
+        leased_slot,
         tls,
     });
     if shard.config.debug {
@@ -297,31 +306,40 @@ async fn websocket(shard: Rc<Shard>, key: ConnKey, stream: Rc<TcpStream>) {
 }
 
 /// Admission: shutdown, the handshake rate, the server's connection cap (4200 / 4100),
-/// then the app's connection quota (4004). Takes the quotas it passes; `cleanup` gives
-/// them back.
-fn admit(shard: &Shard, app: AppIdx, cfg: &AppConfig) -> Option<ErrorCode> {
+/// then the app's connection quota (4004), over the cluster with the redis adapter.
+/// Takes the quotas it passes; `cleanup` gives them back. `Ok(true)`: a slot of the
+/// cluster-wide quota was taken.
+async fn admit(
+    shard: &Rc<Shard>,
+    app: AppIdx,
+    max_connections: Option<u64>,
+) -> Result<bool, ErrorCode> {
     if shard.shutting_down() {
-        return Some(ErrorCode::ReconnectImmediately);
+        return Err(ErrorCode::ReconnectImmediately);
     }
     if !shard.admit_handshake() {
         shard.metrics.inc(Counter::HandshakesRejected, 1);
-        return Some(ErrorCode::OverCapacity);
+        return Err(ErrorCode::OverCapacity);
     }
     let server_max =
         (shard.config.max_connections > 0).then_some(shard.config.max_connections as u64);
     if !shard.server.connections.try_add(server_max) {
-        return Some(ErrorCode::OverCapacity);
+        return Err(ErrorCode::OverCapacity);
     }
-    if !shard
-        .apps
-        .usage(app)
-        .connections
-        .try_add(cfg.max_connections)
-    {
+    let usage = shard.apps.usage(app);
+    if !usage.connections.try_add(max_connections) {
         shard.server.connections.release();
-        return Some(ErrorCode::OverConnectionQuota);
+        return Err(ErrorCode::OverConnectionQuota);
     }
-    None
+    if max_connections.is_some() && shard.cluster_quota() {
+        if !shard.take_connection_slot(app).await {
+            usage.connections.release();
+            shard.server.connections.release();
+            return Err(ErrorCode::OverConnectionQuota);
+        }
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// `protocol` must be a number of at least 7: missing or older is 4007, not a number 4006.

@@ -83,6 +83,7 @@ impl Shard {
                 self.send_envelope(from, Envelope::Reply { id, reply });
             }
             Envelope::Reply { id, reply } => self.on_reply(id, reply),
+            Envelope::Leased { id, verdict } => self.on_leased(id, verdict),
             Envelope::Occupancy {
                 app,
                 channel,
@@ -104,6 +105,7 @@ impl Shard {
             }
             // Only the redis bridge receives these.
             Envelope::Interest { .. }
+            | Envelope::Lease { .. }
             | Envelope::ClusterJoin { .. }
             | Envelope::ClusterLeave { .. }
             | Envelope::SubscriptionDelta { .. }

@@ -9,6 +9,7 @@ mod apps;
 mod conn;
 mod driver;
 mod home;
+mod lease;
 mod lifecycle;
 mod publish;
 mod query;
@@ -31,6 +32,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 pub use conn::{Conn, Flushed, Outbound, Subscription};
+pub use lease::Rate;
 pub use query::ChannelFacts;
 
 use crate::app::limits::{Quota, TokenBucket};
@@ -71,6 +73,8 @@ pub struct Shard {
     pending_announcements: RefCell<Vec<Announcement>>,
     /// Scatter-gather reads waiting for other shards' replies.
     queries: RefCell<AHashMap<u64, query::Pending>>,
+    /// Lease requests to the redis bridge waiting for its answer (cluster-wide limits).
+    leases: RefCell<AHashMap<u64, lease::LeaseWait>>,
     /// Rings towards the other shards (and the redis bridge).
     pub outbox: RefCell<Outbox>,
     /// The redis bridge's place in the mesh, with the redis adapter.
@@ -227,6 +231,7 @@ pub fn spawn(
                 rosters: RefCell::new(Rosters::new(apps.capacity())),
                 cache: RefCell::new(AHashMap::new()),
                 queries: RefCell::new(AHashMap::new()),
+                leases: RefCell::new(AHashMap::new()),
                 pending_announcements: RefCell::new(Vec::new()),
                 occupancy: RefCell::new(AHashMap::new()),
                 config,

@@ -174,6 +174,9 @@ pub(super) fn cleanup(shard: &Shard, key: ConnKey) {
     }
     shard.server.connections.release();
     shard.apps.usage(c.app).connections.release();
+    if c.leased_slot {
+        shard.apps.usage(c.app).connection_lease.release(1);
+    }
     shard.metrics.inc_disconnection(c.app.0 as usize);
     shard.metrics.add_connected(c.app.0 as usize, -1);
     for sub in &c.channels {

@@ -201,6 +201,15 @@ pub(super) async fn reap(bridge: &Bridge, conn: &mut Link, node: u32) -> Result<
         }
     }
     flush(bridge, conn, &mut cmds).await?;
+    // Its connection slots go back to the cluster.
+    for app_id in &apps {
+        conn.call(&[
+            b"HDEL",
+            bridge.keys.connection_leases(app_id).as_bytes(),
+            node.to_string().as_bytes(),
+        ])
+        .await?;
+    }
     // One key per command: in a cluster they live in different slots.
     let mut keys = vec![bridge.keys.node_channels(node), bridge.keys.node_apps(node)];
     for app_id in &apps {

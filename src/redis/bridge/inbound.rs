@@ -262,6 +262,17 @@ pub(super) async fn dispatch(bridge: &Bridge, message: Message) {
                 })
                 .await;
         }
+        Message::Reclaim { app_id, done, .. } => {
+            let Some((app, _)) = bridge.apps.by_id(&app_id) else {
+                return;
+            };
+            if done {
+                bridge.reclaim_done.borrow_mut().push(app);
+            } else {
+                bridge.reclaim_asked.borrow_mut().push(app);
+            }
+            bridge.own_waker.poke();
+        }
         Message::Terminate {
             app_id, user_id, ..
         } => {

@@ -193,6 +193,20 @@ impl Bridge {
         }
     }
 
+    /// The command publishing `message` on the broadcast channel, whatever the routing.
+    pub(super) fn broadcast_cmd(&self, message: &Message) -> Vec<Bytes> {
+        let command: &'static [u8] = if self.sharded.get() {
+            b"SPUBLISH"
+        } else {
+            b"PUBLISH"
+        };
+        vec![
+            Bytes::from_static(command),
+            Bytes::from(self.keys.broadcast.clone()),
+            message.encode(),
+        ]
+    }
+
     /// The pub/sub channel a message goes to: its channel's topic with interest routing,
     /// else (and for user channels and terminations) the broadcast channel.
     pub(super) fn destination(&self, message: &Message) -> String {

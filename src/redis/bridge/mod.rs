@@ -14,6 +14,7 @@
 mod cluster;
 mod inbound;
 mod interest;
+mod limits;
 mod presence;
 
 use std::cell::{Cell, RefCell};
@@ -75,6 +76,11 @@ pub struct BridgeStats {
     pub listens: AtomicU64,
     /// `-MOVED` / `-ASK` redirections of a Redis Cluster followed.
     pub redirects: Arc<AtomicU64>,
+    /// Cluster-wide limits: leases asked of Redis, refused (the cluster was at the
+    /// limit), and answered without Redis (unreachable).
+    pub lease_requests: AtomicU64,
+    pub lease_refused: AtomicU64,
+    pub lease_unavailable: AtomicU64,
     /// Set once every shard has stopped: finish what is queued, then end the thread.
     pub stop: std::sync::atomic::AtomicBool,
 }
@@ -114,6 +120,10 @@ pub fn spawn(
                 at,
                 sharded: Cell::new(false),
                 registered: RefCell::new(AHashSet::new()),
+                reclaim_asked: RefCell::new(Vec::new()),
+                reclaim_done: RefCell::new(Vec::new()),
+                full: RefCell::new(AHashMap::new()),
+                debug: config.debug,
                 keys: Keys::new(&config.redis.key_prefix, &config.redis.channel_prefix),
                 shards: config.shards,
                 apps,
@@ -159,6 +169,14 @@ struct Bridge {
     sharded: Cell<bool>,
     /// Apps recorded in this node's `node_apps` set since the last connect.
     registered: RefCell<AHashSet<AppIdx>>,
+    /// Apps whose unused connection slots other nodes asked for (cluster-wide quota).
+    reclaim_asked: RefCell<Vec<AppIdx>>,
+    /// Apps for which another node answered this node's reclaim.
+    reclaim_done: RefCell<Vec<AppIdx>>,
+    /// Apps found at their cluster-wide connection quota after a reclaim, and when.
+    full: RefCell<AHashMap<AppIdx, Instant>>,
+    /// `SOKETI_DEBUG`: log each lease decision.
+    debug: bool,
     keys: Keys,
     outbox: RefCell<Outbox>,
     stats: Arc<BridgeStats>,
@@ -305,8 +323,12 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
     let mut was_up = false;
     let mut last_failure: Option<String> = None;
     let mut bell = crate::fanout::Bell::default();
+    let mut reclaiming: Vec<limits::Reclaiming> = Vec::new();
     loop {
         let mut wake = next_beat.min(retry_at).max(Instant::now());
+        if let Some(first) = reclaiming.iter().map(|r| r.deadline).min() {
+            wake = wake.min(first.max(Instant::now()));
+        }
         if let Some(r) = &resync
             && r.dumped()
         {
@@ -406,7 +428,7 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
                 ) => bridge.interest(app, channel, from, on),
                 (None, e) => offline(&bridge, e),
                 (Some(c), e) => {
-                    if let Err(err) = online(&bridge, c, e, &mut cmds).await {
+                    if let Err(err) = online(&bridge, c, e, &mut cmds, &mut reclaiming).await {
                         eprintln!("corecast: redis command failed ({err}); reconnecting");
                         conn = None;
                         was_up = false;
@@ -416,6 +438,40 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
             }
         }
         bridge.answer_confirmed(conn.as_mut()).await;
+        for app in bridge.reclaim_done.borrow_mut().drain(..) {
+            limits::answered(&mut reclaiming, app);
+        }
+        if conn.is_none() {
+            for r in reclaiming.drain(..) {
+                offline(
+                    &bridge,
+                    Envelope::Lease {
+                        from: r.from(),
+                        id: r.id(),
+                        app: r.app(),
+                        kind: crate::fanout::LeaseKind::Connections,
+                        need: 0,
+                    },
+                );
+            }
+            bridge.reclaim_asked.borrow_mut().clear();
+        }
+        if let Some(c) = conn.as_mut() {
+            let asked = std::mem::take(&mut *bridge.reclaim_asked.borrow_mut());
+            let mut failed_limits =
+                !asked.is_empty() && limits::give_back(&bridge, c, asked).await.is_err();
+            if !failed_limits && !reclaiming.is_empty() {
+                failed_limits = limits::retry_due(&bridge, c, &mut reclaiming)
+                    .await
+                    .is_err();
+            }
+            if failed_limits {
+                eprintln!("corecast: redis connection lost; reconnecting");
+                conn = None;
+                was_up = false;
+                retry_at = Instant::now();
+            }
+        }
         if let Some(c) = conn.as_mut() {
             if !deltas.is_empty() {
                 let key = Bytes::from(bridge.keys.node_channels(bridge.node));
@@ -440,7 +496,8 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
                 match listening(&bridge, c, r).await {
                     Ok(true) => {
                         if let Some(r) = resync.take() {
-                            failed = apply_resync(&bridge, c, r).await.is_err();
+                            failed = apply_resync(&bridge, c, r).await.is_err()
+                                || limits::restore(&bridge, c).await.is_err();
                         }
                     }
                     Ok(false) => r.next_count = Some(Instant::now() + LISTENER_POLL),
@@ -448,7 +505,8 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
                 }
             }
             if !failed && Instant::now() >= next_beat {
-                failed = heartbeat(&bridge, c).await.is_err();
+                failed = heartbeat(&bridge, c).await.is_err()
+                    || limits::return_unused(&bridge, c).await.is_err();
                 next_beat = Instant::now() + HEARTBEAT;
             }
             if failed {
@@ -553,6 +611,7 @@ fn offline(bridge: &Bridge, envelope: Envelope) {
                 },
             );
         }
+        Envelope::Lease { from, id, .. } => limits::lease_offline(bridge, from, id),
         _ => {}
     }
 }
@@ -564,6 +623,7 @@ async fn online(
     conn: &mut Link,
     envelope: Envelope,
     cmds: &mut Vec<Vec<Bytes>>,
+    reclaiming: &mut Vec<limits::Reclaiming>,
 ) -> Result<(), RedisError> {
     match envelope {
         Envelope::Publish {
@@ -669,6 +729,25 @@ async fn online(
         } => {
             flush(bridge, conn, cmds).await?;
             occupy(bridge, conn, bridge.node, app, &channel, delta, true).await?;
+        }
+        Envelope::Lease {
+            from,
+            id,
+            app,
+            kind,
+            need,
+        } => {
+            flush(bridge, conn, cmds).await?;
+            let pending = Some(&reclaiming[..]);
+            match limits::lease(bridge, conn, (from, id, app), kind, need, pending).await {
+                Ok(Some(waiting)) => reclaiming.push(waiting),
+                Ok(None) => {}
+                Err(e) => {
+                    // The shard is waiting: answer as if Redis were down.
+                    limits::lease_offline(bridge, from, id);
+                    return Err(e);
+                }
+            }
         }
         _ => {}
     }

@@ -218,7 +218,11 @@ pub(super) async fn occupy(
 
 /// Records in Redis that this node has presence entries or occupied channels of `app`
 /// (once per app and connection), before the first script writes them.
-async fn register(bridge: &Bridge, conn: &mut Link, app: AppIdx) -> Result<(), RedisError> {
+pub(super) async fn register(
+    bridge: &Bridge,
+    conn: &mut Link,
+    app: AppIdx,
+) -> Result<(), RedisError> {
     if bridge.registered.borrow().contains(&app) {
         return Ok(());
     }
