@@ -218,3 +218,61 @@ fn with_the_redis_rate_limiter_read_requests_count_over_the_cluster() {
         "{statuses:?}"
     );
 }
+
+#[test]
+fn during_a_redis_outage_a_node_keeps_to_its_share_of_the_quota() {
+    let mut redis = RedisServer::start();
+    let quota = [("SOKETI_DEFAULT_APP_MAX_CONNS", "10")];
+    let a = node(&redis, &quota);
+    let b = node(&redis, &quota);
+    wait_linked(&a, &b);
+    let mut open: Vec<Ws> = (0..3)
+        .map(|i| connect(a.port).unwrap_or_else(|c| panic!("a{i}: {c}")))
+        .collect();
+
+    redis.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&a, "corecast_redis_up") != 0.0 {
+        assert!(Instant::now() < deadline, "node A never saw Redis go");
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Past the slots it holds (3 open and at most a tenth of the quota unused) the node
+    // refuses, although the cluster has room: nobody can tell it otherwise.
+    let mut accepted = 0;
+    let refused = loop {
+        match connect(a.port) {
+            Ok(ws) => {
+                accepted += 1;
+                open.push(ws);
+                assert!(
+                    accepted <= 1,
+                    "{accepted} connections past the node's share"
+                );
+            }
+            Err(code) => break code,
+        }
+    };
+    assert_eq!(refused, 4004);
+    assert!(metric(&a, "corecast_limits_redis_unavailable_total") >= 1.0);
+    assert_eq!(
+        a.lines_with("connection quotas hold at this node's share")
+            .len(),
+        1
+    );
+
+    // Redis back: the node writes what it holds again and leases more.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let again = loop {
+        if let Ok(ws) = connect(a.port) {
+            break ws;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connection after Redis came back"
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    open.push(again);
+    let _b1 = connect(b.port).expect("B takes a slot too");
+}

@@ -271,9 +271,15 @@ pub(super) async fn give_back(
     Ok(())
 }
 
-/// Redis is unreachable: the shard decides alone.
+/// Redis is unreachable: the shard decides alone. Said once per outage.
 pub(super) fn lease_offline(bridge: &Bridge, from: usize, id: u64) {
     bump(&bridge.stats.lease_unavailable, 1);
+    if !bridge.limits_offline.replace(true) {
+        eprintln!(
+            "corecast: redis unreachable: connection quotas hold at this node's share, \
+             rate limits count per node until it is back"
+        );
+    }
     bridge.to_shard(
         from,
         Envelope::Leased {

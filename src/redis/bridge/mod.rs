@@ -124,6 +124,7 @@ pub fn spawn(
                 reclaim_done: RefCell::new(Vec::new()),
                 full: RefCell::new(AHashMap::new()),
                 debug: config.debug,
+                limits_offline: Cell::new(false),
                 keys: Keys::new(&config.redis.key_prefix, &config.redis.channel_prefix),
                 shards: config.shards,
                 apps,
@@ -177,6 +178,8 @@ struct Bridge {
     full: RefCell<AHashMap<AppIdx, Instant>>,
     /// `SOKETI_DEBUG`: log each lease decision.
     debug: bool,
+    /// A lease was answered without Redis since the last connect (logged once).
+    limits_offline: Cell<bool>,
     keys: Keys,
     outbox: RefCell<Outbox>,
     stats: Arc<BridgeStats>,
@@ -347,6 +350,7 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
                 Ok(c) => {
                     eprintln!("corecast: redis connected at {}", c.server());
                     bridge.sharded.set(c.sharded());
+                    bridge.limits_offline.set(false);
                     bridge
                         .stats
                         .sharded
