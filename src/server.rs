@@ -301,6 +301,11 @@ fn webhook_samples(hooks: &Webhooks) -> Vec<Sample> {
             "Webhook delivery retries.",
             s.retries as f64,
         ),
+        Sample::counter(
+            "corecast_webhook_suppressed_total",
+            "Webhook events dropped by the vacate grace: a vacate and the return within it.",
+            s.suppressed as f64,
+        ),
     ]
 }
 

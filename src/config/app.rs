@@ -42,9 +42,52 @@ pub struct AppConfig {
     pub max_event_batch_size: usize,
     /// Where this app's webhooks go.
     pub webhooks: Vec<WebhookConfig>,
+    /// Whether subscribers of non-presence channels get `pusher_internal:subscription_count`
+    /// (and webhooks `subscription_count`); off by default, so other apps pay nothing.
+    pub enable_subscription_count: bool,
+    /// Whether signed-in users with a `watchlist` get `online` / `offline` watchlist
+    /// events; off by default.
+    pub enable_watchlist_events: bool,
+    /// `Origin`s a WebSocket handshake may come from: empty or `*` allows all; an entry
+    /// `*.example.com` allows every subdomain of `example.com`. A handshake without an
+    /// `Origin` header (a server-side client) is always allowed.
+    pub allowed_origins: Vec<String>,
 }
 
 impl AppConfig {
+    /// Whether a WebSocket handshake with this `Origin` header (`None`: no header) may
+    /// connect: no header, no list, `*`, an exact entry (case-insensitive), or a `*.`
+    /// entry the origin's host ends with.
+    #[must_use]
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        let Some(origin) = origin else { return true };
+        if self.allowed_origins.is_empty() {
+            return true;
+        }
+        let origin = origin.trim().to_ascii_lowercase();
+        // The host part: after the scheme, before the port.
+        let host = origin.split_once("://").map_or(origin.as_str(), |(_, h)| h);
+        let host = host.split(':').next().unwrap_or(host);
+        self.allowed_origins.iter().any(|entry| {
+            let entry = entry.trim().to_ascii_lowercase();
+            if entry == "*" || entry == origin {
+                return true;
+            }
+            match entry.strip_prefix("*.") {
+                // `*.example.com` or `https://*.example.com`.
+                Some(domain) => host.ends_with(&format!(".{domain}")),
+                None => match entry.split_once("://*.") {
+                    Some((scheme, domain)) => {
+                        origin.starts_with(&format!("{scheme}://"))
+                            && host.ends_with(&format!(".{domain}"))
+                    }
+                    // An entry without a scheme names a host.
+                    None => !entry.contains("://") && host == entry,
+                },
+            }
+        })
+    }
+
     /// An app with Soketi's defaults: enabled, no client messages, no user authentication,
     /// no rate or connection limits, no webhooks, and Soketi's server-level size limits.
     #[must_use]
@@ -107,6 +150,40 @@ impl AppDefaults {
             max_event_payload_in_kb: self.event_max_payload_kb,
             max_event_batch_size: self.event_max_batch_size,
             webhooks: Vec::new(),
+            enable_subscription_count: false,
+            enable_watchlist_events: false,
+            allowed_origins: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(origins: &[&str]) -> AppConfig {
+        let mut app = AppConfig::new("1", "k", "s");
+        app.allowed_origins = origins.iter().map(|o| (*o).to_owned()).collect();
+        app
+    }
+
+    #[test]
+    fn origins_match_exactly_by_host_or_by_subdomain_wildcard() {
+        assert!(app(&[]).origin_allowed(Some("https://evil.test")));
+        assert!(app(&["*"]).origin_allowed(Some("https://evil.test")));
+        let a = app(&["https://app.example.com", "*.good.test", "plain.test"]);
+        assert!(a.origin_allowed(None), "server-side clients send no Origin");
+        assert!(a.origin_allowed(Some("https://app.example.com")));
+        assert!(a.origin_allowed(Some("HTTPS://APP.example.com")));
+        assert!(!a.origin_allowed(Some("http://app.example.com")));
+        assert!(!a.origin_allowed(Some("https://app.example.com.evil.test")));
+        assert!(a.origin_allowed(Some("https://x.good.test")));
+        assert!(a.origin_allowed(Some("http://a.b.good.test:8080")));
+        assert!(!a.origin_allowed(Some("https://good.test")));
+        assert!(!a.origin_allowed(Some("https://notgood.test")));
+        assert!(a.origin_allowed(Some("http://plain.test:3000")));
+        let s = app(&["https://*.good.test"]);
+        assert!(s.origin_allowed(Some("https://x.good.test")));
+        assert!(!s.origin_allowed(Some("http://x.good.test")));
     }
 }

@@ -112,6 +112,13 @@ pub(crate) fn build(
             Field::MaxEventPayload => app.max_event_payload_in_kb = value::float(raw, option, 0.0)?,
             Field::MaxEventBatchSize => app.max_event_batch_size = value::size(raw, option, 1)?,
             Field::Webhooks => app.webhooks = webhook::parse_list(raw, option)?,
+            Field::EnableSubscriptionCount => {
+                app.enable_subscription_count = value::boolean(raw, option)?
+            }
+            Field::EnableWatchlistEvents => {
+                app.enable_watchlist_events = value::boolean(raw, option)?
+            }
+            Field::AllowedOrigins => app.allowed_origins = origin_list(raw, option)?,
         }
     }
     let missing = |field: &str| ConfigError::Missing {
@@ -143,11 +150,14 @@ enum Field {
     MaxEventPayload,
     MaxEventBatchSize,
     Webhooks,
+    EnableSubscriptionCount,
+    EnableWatchlistEvents,
+    AllowedOrigins,
 }
 
 /// Every field name Soketi's `App` constructor reads (`extractFromPassedKeys`, v1.6).
 #[rustfmt::skip]
-const FIELD_NAMES: [(Field, &[&str]); 18] = [
+const FIELD_NAMES: [(Field, &[&str]); 21] = [
     (Field::Id, &["id", "AppId"]),
     (Field::Key, &["key", "AppKey"]),
     (Field::Secret, &["secret", "AppSecret"]),
@@ -166,7 +176,35 @@ const FIELD_NAMES: [(Field, &[&str]); 18] = [
     (Field::MaxEventPayload, &["maxEventPayloadInKb", "MaxEventPayloadInKb", "max_event_payload_in_kb"]),
     (Field::MaxEventBatchSize, &["maxEventBatchSize", "MaxEventBatchSize", "max_event_batch_size"]),
     (Field::Webhooks, &["webhooks", "Webhooks"]),
+    (Field::EnableSubscriptionCount, &["enableSubscriptionCount", "EnableSubscriptionCount", "enable_subscription_count"]),
+    (Field::EnableWatchlistEvents, &["enableWatchlistEvents", "EnableWatchlistEvents", "enable_watchlist_events"]),
+    (Field::AllowedOrigins, &["allowedOrigins", "AllowedOrigins", "allowed_origins"]),
 ];
+
+/// An origin allow-list: a JSON list of strings, or text with comma-separated entries
+/// (`CORECAST_DEFAULT_APP_ALLOWED_ORIGINS`, an SQL column); JSON list text works too.
+fn origin_list(raw: &Raw, option: &str) -> Result<Vec<String>, ConfigError> {
+    let expected = "a list of origins (JSON list or comma-separated)";
+    let entries = match raw {
+        Raw::Json(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| raw.invalid(option, expected))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Raw::Env(text) | Raw::Json(Value::String(text)) => {
+            let text = text.trim();
+            if text.starts_with('[') {
+                return origin_list(&Raw::Json(value::json(raw, option)?), option);
+            }
+            text.split(',').map(|e| e.trim().to_owned()).collect()
+        }
+        _ => return Err(raw.invalid(option, expected)),
+    };
+    Ok(entries.into_iter().filter(|e| !e.is_empty()).collect())
+}
 
 fn field_for(name: &str) -> Option<Field> {
     FIELD_NAMES
@@ -220,6 +258,8 @@ mod tests {
             Field::MaxEventPayload => json!(90.5),
             Field::MaxEventBatchSize => json!(5),
             Field::Webhooks => json!([{"url": "http://h/w", "event_types": ["client_event"]}]),
+            Field::EnableSubscriptionCount | Field::EnableWatchlistEvents => json!(true),
+            Field::AllowedOrigins => json!("https://a.test, *.b.test"),
         }
     }
 
@@ -240,6 +280,9 @@ mod tests {
         expected.max_event_name_length = 80;
         expected.max_event_payload_in_kb = 90.5;
         expected.max_event_batch_size = 5;
+        expected.enable_subscription_count = true;
+        expected.enable_watchlist_events = true;
+        expected.allowed_origins = vec!["https://a.test".into(), "*.b.test".into()];
         expected.webhooks =
             webhook::parse_list(&Raw::Json(sample(Field::Webhooks)), "w").unwrap_or_default();
         // Spelling 0 is camelCase, 1 PascalCase, 2 snake_case (or the last one a field has).
@@ -256,6 +299,20 @@ mod tests {
             let app = build_json(Value::Object(object)).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(app, expected, "spelling {spelling}");
         }
+    }
+
+    #[test]
+    fn allowed_origins_are_a_json_list_or_comma_separated_text() {
+        let list = build_json(with("allowedOrigins", json!(["https://a.test", "*"])));
+        let list = list.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(list.allowed_origins, ["https://a.test", "*"]);
+        let text = build_json(with("allowed_origins", json!(r#"["https://a.test"]"#)));
+        let text = text.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(text.allowed_origins, ["https://a.test"]);
+        let bad = build_json(with("allowedOrigins", json!([1]))).unwrap_err();
+        assert!(bad.to_string().contains("allowedOrigins"), "{bad}");
+        let none = build_json(with("id", json!("a"))).unwrap_or_else(|e| panic!("{e}"));
+        assert!(none.allowed_origins.is_empty() && !none.enable_subscription_count);
     }
 
     #[test]

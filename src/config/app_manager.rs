@@ -481,10 +481,13 @@ mod tests {
             "enabled",
             "max_connections",
             "webhooks",
+            "enable_subscription_count",
+            "enable_watchlist_events",
+            "allowed_origins",
         ] {
             assert!(is_app_column(column), "{column}");
         }
-        for column in ["created_at", "name", "enable_subscription_count", ""] {
+        for column in ["created_at", "name", ""] {
             assert!(!is_app_column(column), "{column}");
         }
     }

@@ -48,6 +48,9 @@ const IGNORED: &str = "ignored: corecast has no such subsystem";
 pub const VARS: &[EnvVar] = &[
     var("CORECAST_ACTIVITY_TIMEOUT", "activityTimeout", "120", "seconds; sent in connection_established, ping after this silence"),
     var("CORECAST_APP_MANAGER_MAX_APPS", "appManager.maxApps", "10000", "apps a mysql or postgres app manager can hold; per-app maps are sized by it"),
+    var("CORECAST_DEFAULT_APP_ALLOWED_ORIGINS", "appManager.array.apps.0.allowedOrigins", "*", "first app's allowed WebSocket origins, comma-separated; *.example.com allows subdomains; no Origin header is always allowed"),
+    var("CORECAST_DEFAULT_APP_ENABLE_SUBSCRIPTION_COUNT", "appManager.array.apps.0.enableSubscriptionCount", "false", "first app's live subscription counts (pusher:subscription_count)"),
+    var("CORECAST_DEFAULT_APP_ENABLE_WATCHLIST_EVENTS", "appManager.array.apps.0.enableWatchlistEvents", "false", "first app's watchlist online/offline events"),
     var("CORECAST_HANDSHAKE_BURST", "handshakeBurst", "1000", "WebSocket handshakes accepted at once above the steady rate"),
     var("CORECAST_IO_DRIVER", "ioDriver", "auto", "shards' IO driver: auto (io_uring, else epoll), io_uring (or fail) or epoll"),
     var("CORECAST_MAX_CONNECTIONS", "maxConnections", "0", "WebSocket connections per server over all apps; 0 is unlimited"),
@@ -58,6 +61,7 @@ pub const VARS: &[EnvVar] = &[
     var("CORECAST_REDIS_INTEREST", "adapter.redis.interest", "true", "redis adapter: a node receives only the events of channels it has subscribers for"),
     var("CORECAST_RING_CAPACITY", "ringCapacity", "16384", "envelopes per shard-to-shard ring"),
     var("CORECAST_SHARDS", "shards", "(available cores)", "shard threads, one per core"),
+    var("CORECAST_WEBHOOK_VACATE_DELAY_MS", "webhooks.vacateDelayMs", "3000", "ms channel_vacated and member_removed webhooks wait; a return within it sends neither them nor the occupied/added webhook"),
     var("SOKETI_ADAPTER_CLUSTER_REQUESTS_TIMEOUT", "adapter.cluster.requestsTimeout", "5000", IGNORED),
     var("SOKETI_ADAPTER_DRIVER", "adapter.driver", "local", "local or redis; cluster and nats are rejected"),
     var("SOKETI_ADAPTER_NATS_CREDENTIALS", "adapter.nats.credentials", "null", IGNORED),

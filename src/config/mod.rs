@@ -110,6 +110,10 @@ pub struct Config {
     /// How long a batch collects (`SOKETI_WEBHOOKS_BATCHING_DURATION`, ms,
     /// `webhooks.batching.duration`), 50 ms.
     pub webhooks_batching_duration: Duration,
+    /// How long `channel_vacated` and `member_removed` webhooks wait, and are dropped
+    /// together with the `channel_occupied` / `member_added` of a return within it
+    /// (`CORECAST_WEBHOOK_VACATE_DELAY_MS`, `webhooks.vacateDelayMs`), 3 s as Pusher.
+    pub webhook_vacate_delay: Duration,
     /// Certificate files; TLS is on when [`TlsConfig::enabled`].
     pub tls: TlsConfig,
     /// Where apps come from: the array of `apps`, or a MySQL or PostgreSQL table.
@@ -268,6 +272,7 @@ impl Default for Config {
             },
             webhooks_batching: false,
             webhooks_batching_duration: Duration::from_millis(50),
+            webhook_vacate_delay: Duration::from_secs(3),
             tls: TlsConfig::default(),
             app_manager: AppManagerConfig::default(),
         }

@@ -443,6 +443,7 @@ fn effective(c: &Config, key: &str) -> Option<Option<String>> {
         "metrics.prometheus.prefix" => s(&c.metrics_prefix),
         "webhooks.batching.enabled" => n(&c.webhooks_batching),
         "webhooks.batching.duration" => millis(c.webhooks_batching_duration),
+        "webhooks.vacateDelayMs" => millis(c.webhook_vacate_delay),
         "ssl.certPath" => s(&c.tls.cert_path),
         "ssl.keyPath" => s(&c.tls.key_path),
         "ssl.passphrase" => s(&c.tls.passphrase),
@@ -507,6 +508,13 @@ fn app_value(app: &AppConfig, field: &str) -> Option<Option<String>> {
         "maxBackendEventsPerSecond" => limit(app.max_backend_events_per_sec),
         "maxClientEventsPerSecond" => limit(app.max_client_events_per_sec),
         "maxReadRequestsPerSecond" => limit(app.max_read_req_per_sec),
+        "enableSubscriptionCount" => Some(app.enable_subscription_count.to_string()),
+        "enableWatchlistEvents" => Some(app.enable_watchlist_events.to_string()),
+        "allowedOrigins" => Some(if app.allowed_origins.is_empty() {
+            "*".to_owned()
+        } else {
+            app.allowed_origins.join(",")
+        }),
         // The URLs and headers may hold tokens: only how many.
         "webhooks" => Some(match app.webhooks.len() {
             0 => "[]".to_owned(),

@@ -60,17 +60,21 @@ pub enum WebhookEvent {
     MemberRemoved,
     /// `cache_miss`: a subscriber joined a cache channel that holds no event.
     CacheMiss,
+    /// `subscription_count`: a channel's subscription count changed (apps with
+    /// `enableSubscriptionCount`).
+    SubscriptionCount,
 }
 
 impl WebhookEvent {
     /// Every event type, in the order the names are documented.
-    pub const ALL: [WebhookEvent; 6] = [
+    pub const ALL: [WebhookEvent; 7] = [
         Self::ClientEvent,
         Self::ChannelOccupied,
         Self::ChannelVacated,
         Self::MemberAdded,
         Self::MemberRemoved,
         Self::CacheMiss,
+        Self::SubscriptionCount,
     ];
 
     /// The name used in config and in webhook payloads.
@@ -83,6 +87,7 @@ impl WebhookEvent {
             Self::MemberAdded => "member_added",
             Self::MemberRemoved => "member_removed",
             Self::CacheMiss => "cache_miss",
+            Self::SubscriptionCount => "subscription_count",
         }
     }
 

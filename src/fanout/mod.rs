@@ -135,6 +135,58 @@ pub enum Envelope {
     },
     /// From the redis bridge: the answer to lease request `id`.
     Leased { id: u64, verdict: LeaseVerdict },
+    /// To a channel's home shard (apps with subscription counts): this shard's
+    /// subscriptions to `channel` changed by `delta`.
+    CountDelta {
+        app: AppIdx,
+        channel: Arc<str>,
+        delta: i32,
+    },
+    /// From a home shard to the redis bridge: this node has `count` subscriptions to
+    /// `channel` now (coalesced), for the other nodes' subscription counts.
+    NodeCount {
+        app: AppIdx,
+        channel: Arc<str>,
+        count: u64,
+    },
+    /// From the redis bridge to a channel's home shard: the other nodes hold `remote`
+    /// subscriptions to `channel`.
+    RemoteCount {
+        app: AppIdx,
+        channel: Arc<str>,
+        remote: u64,
+    },
+    /// To a user's home shard (apps with watchlist events): this shard gained its first
+    /// (`+1`) or lost its last (`-1`) signed-in socket of `user_id`.
+    UserSockets {
+        app: AppIdx,
+        user_id: Arc<str>,
+        delta: i8,
+    },
+    /// From a user's home shard to the redis bridge: the node gained its first or lost
+    /// its last signed-in socket of `user_id`; Redis decides for the cluster.
+    NodeUser {
+        app: AppIdx,
+        user_id: Arc<str>,
+        online: bool,
+    },
+    /// To every shard: `user_id` came online (its first signed-in socket anywhere) or
+    /// went offline (its last one went); watchers of it are told.
+    UserOnline {
+        app: AppIdx,
+        user_id: Arc<str>,
+        online: bool,
+    },
+    /// To the redis bridge: which of `users` are online in the cluster, for the initial
+    /// watchlist state of `socket` on shard `from`.
+    WatchQuery {
+        app: AppIdx,
+        users: Vec<Arc<str>>,
+        from: usize,
+        socket: SocketRef,
+    },
+    /// From the redis bridge: the initial watchlist frame for `socket`.
+    WatchState { socket: SocketRef, frame: Bytes },
 }
 
 /// Which cluster-wide limit a lease is of.
@@ -158,6 +210,18 @@ pub enum LeaseVerdict {
     Refused,
     /// Redis is unreachable: the node decides alone (see the limit's documentation).
     Unavailable,
+}
+
+/// The home shard of `channel` among `shards`: FNV-1a of app and name. Its roster,
+/// occupancy and subscription count live there; the redis bridge uses it too.
+#[must_use]
+pub fn home_shard(app: AppIdx, channel: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in app.0.to_le_bytes().iter().chain(channel.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards.max(1) as u64) as usize
 }
 
 /// One presence member of a shard's roster: app, channel, user id, `user_info` JSON.

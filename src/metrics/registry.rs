@@ -201,6 +201,11 @@ fn counter_family(counter: Counter) -> (&'static str, &'static str, Option<&'sta
             "Connections and REST requests refused while the app manager's database was unreachable.",
             None,
         ),
+        Counter::OriginsRejected => (
+            "corecast_origins_rejected_total",
+            "WebSocket handshakes refused because the app does not allow their Origin.",
+            None,
+        ),
     }
 }
 

@@ -38,11 +38,14 @@ pub enum Counter {
     /// Connections and REST requests refused because the app manager could not say
     /// whether their app exists (database unreachable).
     AppLookupsRefused,
+    /// WebSocket handshakes refused because their `Origin` is not in the app's
+    /// `allowedOrigins`.
+    OriginsRejected,
 }
 
 impl Counter {
     /// How many variants there are: the length of the per-shard counter array.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
 
     /// Every variant, in index order.
     pub const ALL: [Counter; Counter::COUNT] = [
@@ -56,6 +59,7 @@ impl Counter {
         Counter::ConnectionsRejected,
         Counter::HandshakesRejected,
         Counter::AppLookupsRefused,
+        Counter::OriginsRejected,
     ];
 
     const fn index(self) -> usize {

@@ -104,6 +104,92 @@ redis.call('EXPIRE', KEYS[1], 5)
 return grant
 ";
 
+/// [`OCCUPY`] with the webhook grace: a vacate leaves `KEYS[3]` holding `ARGV[4]` for
+/// `ARGV[5]` ms; a first node back while it exists deletes it and returns -2 (no
+/// `channel_occupied`, and the holder's `channel_vacated` is not sent).
+/// KEYS: occupied counts, the node's occupied channels, the vacating key.
+/// ARGV: channel, +1 or -1, `app\nchannel`, token, ms.
+pub const OCCUPY_GRACE: &str = r"
+if ARGV[2] == '1' then
+  if redis.call('SADD', KEYS[2], ARGV[3]) == 0 then return -1 end
+else
+  if redis.call('SREM', KEYS[2], ARGV[3]) == 0 then return -1 end
+end
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], tonumber(ARGV[2]))
+if n <= 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
+  return 0
+end
+if n == 1 and ARGV[2] == '1' and redis.call('DEL', KEYS[3]) == 1 then return -2 end
+return n
+";
+
+/// [`JOIN`] with the webhook grace: a user new to the cluster whose leaving key
+/// (`KEYS[5]`) still exists came back within the grace: it is deleted and `added` is 2
+/// (announced to clients, but no `member_added` webhook).
+pub const JOIN_GRACE: &str = r"
+local added = 0
+if ARGV[5] == '1' then
+  if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then
+    return {-1}
+  end
+  local n = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+  if n == 1 then
+    redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+    added = 1
+    if redis.call('DEL', KEYS[5]) == 1 then added = 2 end
+  end
+  redis.call('SADD', KEYS[3], ARGV[3])
+  redis.call('SADD', KEYS[4], ARGV[6])
+end
+local out = {added}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all do out[#out + 1] = all[i] end
+return out
+";
+
+/// [`LEAVE`] with the webhook grace: a user leaving the cluster leaves `KEYS[5]` holding
+/// `ARGV[4]` for `ARGV[5]` ms. ARGV: user_id, entry, channel, token, ms.
+pub const LEAVE_GRACE: &str = r"
+redis.call('SREM', KEYS[3], ARGV[2])
+local n = redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
+if n <= 0 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if redis.call('HLEN', KEYS[1]) == 0 then
+    redis.call('SREM', KEYS[4], ARGV[3])
+  end
+  redis.call('SET', KEYS[5], ARGV[4], 'PX', ARGV[5])
+  return 1
+end
+return 0
+";
+
+/// Counts the nodes a user has signed-in sockets on (watchlist events); returns 1 when
+/// the user came online in the cluster (`+1`), 0 when it went offline (`-1`), -1 when
+/// neither. KEYS: the app's online users. ARGV: user_id, +1 or -1.
+pub const ONLINE: &str = r"
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], tonumber(ARGV[2]))
+if n <= 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if ARGV[2] == '-1' then return 0 end
+  return -1
+end
+if n == 1 and ARGV[2] == '1' then return 1 end
+return -1
+";
+
+/// Ends a grace period: deletes `KEYS[1]` and returns 1 if it still holds `ARGV[1]` (no
+/// node came back meanwhile), else 0. KEYS: the vacating or leaving key. ARGV: token.
+pub const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+";
+
 /// Key and channel names under the configured prefixes.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -214,6 +300,31 @@ impl Keys {
         )
     }
 
+    /// An app's online users (watchlist events): `user_id -> nodes with its sockets`.
+    #[must_use]
+    pub fn online(&self, app_id: &str) -> String {
+        format!("{}corecast:{{{app_id}}}:online", self.key_prefix)
+    }
+
+    /// A channel vacated within the webhook grace period: holds the token of the node
+    /// that will send `channel_vacated` unless a node takes the channel back first.
+    #[must_use]
+    pub fn vacating(&self, app_id: &str, channel: &str) -> String {
+        format!(
+            "{}corecast:{{{app_id}}}:vacating:{channel}",
+            self.key_prefix
+        )
+    }
+
+    /// A presence member gone within the webhook grace period, as [`Keys::vacating`].
+    #[must_use]
+    pub fn leaving(&self, app_id: &str, channel: &str, user_id: &str) -> String {
+        format!(
+            "{}corecast:{{{app_id}}}:leaving:{channel}\n{user_id}",
+            self.key_prefix
+        )
+    }
+
     /// Every node's last heartbeat (unix ms).
     #[must_use]
     pub fn nodes(&self) -> String {
@@ -276,6 +387,9 @@ mod tests {
             k.presence_channels("app-1"),
             k.occupied("app-1"),
             k.node_occupied(3, "app-1"),
+            k.online("app-1"),
+            k.vacating("app-1", "c"),
+            k.leaving("app-1", "presence-x", "u"),
         ];
         let first = slot(keys[0].as_bytes());
         for key in &keys {

@@ -32,6 +32,21 @@ pub enum Message {
         app_id: String,
         done: bool,
     },
+    /// The sending node holds `count` subscriptions to `channel` now (subscription
+    /// counts, coalesced by its home shard).
+    Count {
+        node: u32,
+        app_id: String,
+        channel: String,
+        count: u64,
+    },
+    /// `user_id` came online in the cluster, or went offline (watchlist events).
+    Online {
+        node: u32,
+        app_id: String,
+        user_id: String,
+        online: bool,
+    },
 }
 
 /// A message that could not be decoded (another program on the channel, or a newer
@@ -43,6 +58,8 @@ pub struct Malformed;
 const PUBLISH: u8 = 1;
 const TERMINATE: u8 = 2;
 const RECLAIM: u8 = 7;
+const COUNT: u8 = 10;
+const ONLINE: u8 = 11;
 /// First byte of every message, so foreign traffic on the channel is recognised.
 const MAGIC: u8 = 0xCC;
 
@@ -53,7 +70,9 @@ impl Message {
         match self {
             Self::Publish { node, .. }
             | Self::Terminate { node, .. }
-            | Self::Reclaim { node, .. } => *node,
+            | Self::Reclaim { node, .. }
+            | Self::Count { node, .. }
+            | Self::Online { node, .. } => *node,
         }
     }
 
@@ -102,6 +121,30 @@ impl Message {
                 out.put_u32(*node);
                 put_str(&mut out, app_id);
                 out.put_u8(u8::from(*done));
+            }
+            Self::Count {
+                node,
+                app_id,
+                channel,
+                count,
+            } => {
+                out.put_u8(COUNT);
+                out.put_u32(*node);
+                put_str(&mut out, app_id);
+                put_str(&mut out, channel);
+                out.put_u64(*count);
+            }
+            Self::Online {
+                node,
+                app_id,
+                user_id,
+                online,
+            } => {
+                out.put_u8(ONLINE);
+                out.put_u32(*node);
+                put_str(&mut out, app_id);
+                put_str(&mut out, user_id);
+                out.put_u8(u8::from(*online));
             }
         }
         out.freeze()
@@ -155,6 +198,18 @@ impl Message {
                 };
                 Ok(Self::Reclaim { node, app_id, done })
             }
+            COUNT => Ok(Self::Count {
+                node,
+                app_id: get_str(&mut buf)?,
+                channel: get_str(&mut buf)?,
+                count: get_u64(&mut buf)?,
+            }),
+            ONLINE => Ok(Self::Online {
+                node,
+                app_id: get_str(&mut buf)?,
+                user_id: get_str(&mut buf)?,
+                online: get_u8(&mut buf)? == 1,
+            }),
             _ => Err(Malformed),
         }
     }
@@ -237,6 +292,27 @@ mod tests {
                 done,
             };
             assert_eq!(Message::decode(&m.encode()), Ok(m));
+        }
+    }
+
+    #[test]
+    fn counts_and_online_status_round_trip() {
+        let c = Message::Count {
+            node: 3,
+            app_id: "a".into(),
+            channel: "feed".into(),
+            count: 1_000,
+        };
+        assert_eq!(Message::decode(&c.encode()), Ok(c));
+        for online in [true, false] {
+            let o = Message::Online {
+                node: 4,
+                app_id: "a".into(),
+                user_id: "u".into(),
+                online,
+            };
+            assert_eq!(Message::decode(&o.encode()), Ok(o.clone()));
+            assert_eq!(o.node(), 4);
         }
     }
 

@@ -20,6 +20,7 @@ use super::tls::Tls;
 use super::{Shard, session};
 use crate::app::AppIdx;
 use crate::app::manager::Outcome;
+use crate::config::AppConfig;
 use crate::http::{self, Response};
 use crate::metrics::Counter;
 use crate::protocol::{ErrorCode, PROTOCOL_VERSION, connection_established, error_frame};
@@ -219,19 +220,28 @@ async fn upgrade(shard: Rc<Shard>, mut link: Link, head: RequestHead) {
         return;
     }
     let query = crate::auth::parse_query(head.uri.query().unwrap_or(""));
+    // Browsers always send `Origin`; server-side clients usually do not.
+    let origin = head
+        .headers
+        .get("origin")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     drop(head);
     let mut leased_slot = false;
     let (app, refusal) = match shard.app_by_key(&key).await {
         Outcome::Missing => (None, Some(ErrorCode::AppDoesNotExist)),
         Outcome::Unavailable => (None, Some(ErrorCode::AppsUnavailable)),
         Outcome::Found(idx) => {
-            let (enabled, max_connections) = {
+            let (enabled, max_connections, origin_refused) = {
                 let cfg = shard.apps.get(idx);
-                (cfg.enabled, cfg.max_connections)
+                (
+                    cfg.enabled,
+                    cfg.max_connections,
+                    check_origin(&shard, &cfg, origin.as_deref()),
+                )
             };
             if !enabled {
                 (None, Some(ErrorCode::AppDisabled))
-            } else if let Some(code) = check_protocol(&query) {
+            } else if let Some(code) = check_protocol(&query).or(origin_refused) {
                 (Some(idx), Some(code))
             } else {
                 match admit(&shard, idx, max_connections).await {
@@ -247,7 +257,8 @@ async fn upgrade(shard: Rc<Shard>, mut link: Link, head: RequestHead) {
     let (Some(app), None) = (app, refusal) else {
         let code = refusal.unwrap_or(ErrorCode::AppDoesNotExist);
         shard.metrics.inc(Counter::ConnectionsRejected, 1);
-        let mut frames = error_frame(code, None).to_vec();
+        let message = (code == ErrorCode::Unauthorized).then_some(ORIGIN_REFUSED);
+        let mut frames = error_frame(code, message).to_vec();
         frames.extend_from_slice(&close_frame(code.code(), code.message()));
         let _ = link.write_all(&frames).await;
         conn::shutdown(link.stream.as_raw_fd(), libc::SHUT_WR);
@@ -340,6 +351,19 @@ async fn admit(
         return Ok(true);
     }
     Ok(false)
+}
+
+/// What a handshake from an `Origin` the app does not allow is told, with 4009.
+const ORIGIN_REFUSED: &str = "Origin not allowed.";
+
+/// An `Origin` the app's `allowedOrigins` does not allow is 4009 (Pusher's code for an
+/// unauthorized connection), counted.
+fn check_origin(shard: &Shard, cfg: &AppConfig, origin: Option<&str>) -> Option<ErrorCode> {
+    if cfg.origin_allowed(origin) {
+        return None;
+    }
+    shard.metrics.inc(Counter::OriginsRejected, 1);
+    Some(ErrorCode::Unauthorized)
 }
 
 /// `protocol` must be a number of at least 7: missing or older is 4007, not a number 4006.

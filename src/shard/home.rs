@@ -103,8 +103,32 @@ impl Shard {
             Envelope::InterestReady { app, channel, last } => {
                 self.interest_ready(app, &channel, last);
             }
+            Envelope::CountDelta {
+                app,
+                channel,
+                delta,
+            } => self.home_count(app, &channel, i64::from(delta), None),
+            Envelope::RemoteCount {
+                app,
+                channel,
+                remote,
+            } => self.home_count(app, &channel, 0, Some(remote)),
+            Envelope::UserSockets {
+                app,
+                user_id,
+                delta,
+            } => self.home_user(app, &user_id, delta),
+            Envelope::UserOnline {
+                app,
+                user_id,
+                online,
+            } => self.user_online(app, &user_id, online),
+            Envelope::WatchState { socket, frame } => self.watch_state(socket, frame),
             // Only the redis bridge receives these.
-            Envelope::Interest { .. }
+            Envelope::NodeCount { .. }
+            | Envelope::NodeUser { .. }
+            | Envelope::WatchQuery { .. }
+            | Envelope::Interest { .. }
             | Envelope::Lease { .. }
             | Envelope::ClusterJoin { .. }
             | Envelope::ClusterLeave { .. }

@@ -7,6 +7,7 @@
 
 mod apps;
 mod conn;
+mod counts;
 mod driver;
 mod home;
 mod lease;
@@ -18,6 +19,7 @@ mod subscribe;
 mod sweep;
 mod tls;
 mod users;
+mod watch;
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -34,6 +36,7 @@ use slab::Slab;
 pub use conn::{Conn, Flushed, Outbound, Subscription};
 pub use lease::Rate;
 pub use query::ChannelFacts;
+pub use watch::{MAX_WATCHLIST, watchlist_frame};
 
 use crate::app::limits::{Quota, TokenBucket};
 use crate::app::{AppIdx, AppTable};
@@ -69,6 +72,10 @@ pub struct Shard {
     /// For channels this shard is home to: how many shards have subscribers, to send
     /// `channel_occupied` / `channel_vacated` once for the whole server.
     occupancy: RefCell<AHashMap<(AppIdx, Arc<str>), u32>>,
+    /// Subscription counts of the channels this shard is home to (apps that enable them).
+    counts: counts::Counts,
+    /// Watchlists of local sockets and online users (apps that enable watchlist events).
+    watch: watch::Watch,
     /// `member_added` frames to publish once the join reply is on its way.
     pending_announcements: RefCell<Vec<Announcement>>,
     /// Scatter-gather reads waiting for other shards' replies.
@@ -234,6 +241,8 @@ pub fn spawn(
                 leases: RefCell::new(AHashMap::new()),
                 pending_announcements: RefCell::new(Vec::new()),
                 occupancy: RefCell::new(AHashMap::new()),
+                counts: counts::Counts::default(),
+                watch: watch::Watch::default(),
                 config,
                 apps,
                 conns: RefCell::new(Slab::new()),
@@ -406,6 +415,7 @@ async fn serve(shard: Rc<Shard>, inbox: Inbox, startup: Startup) {
     *shard.inbox.borrow_mut() = Some(inbox);
     monoio::spawn(publish::inbox_loop(Rc::clone(&shard)));
     monoio::spawn(sweep::sweep_loop(Rc::clone(&shard)));
+    monoio::spawn(counts::count_loop(Rc::clone(&shard)));
     monoio::spawn(accept_loop(Rc::clone(&shard), listener));
     lifecycle::stopped(&shard).await;
     lifecycle::drain(&shard).await;
@@ -460,12 +470,7 @@ impl Shard {
     /// The shard that keeps `channel`'s roster and answers for it: FNV-1a of app and name.
     #[must_use]
     pub fn home_of(&self, app: AppIdx, channel: &str) -> usize {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in app.0.to_le_bytes().iter().chain(channel.as_bytes()) {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        (h % self.shards as u64) as usize
+        crate::fanout::home_shard(app, channel, self.shards)
     }
 
     /// Takes the shared read buffer; give it back with `put_scratch` before any await.

@@ -233,6 +233,7 @@ impl Shard {
             self.tell_interest(app, channel, true);
         }
         self.count_subscription(app, channel, 1);
+        self.count_change(app, channel, 1);
         if let Some(c) = self.conns.borrow_mut().get_mut(key) {
             c.channels.push(Subscription {
                 channel: Arc::from(channel),
@@ -297,11 +298,16 @@ impl Shard {
         if !self.registry.borrow_mut().unsubscribe(app, channel, key) {
             return false;
         }
-        if self.registry.borrow().subscribers(app, channel).is_none() {
+        let last = self.registry.borrow().subscribers(app, channel).is_none();
+        if last {
             self.local_occupancy(app, channel, false);
             self.tell_interest(app, channel, false);
         }
         self.count_subscription(app, channel, -1);
+        self.count_change(app, channel, -1);
+        if channel.starts_with('#') {
+            self.watch_leave(key, app, channel, last);
+        }
         true
     }
 

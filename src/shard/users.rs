@@ -40,21 +40,40 @@ impl Shard {
             self.begin_close(key, code.code(), None);
             return;
         };
+        let watchlist = if app.enable_watchlist_events {
+            match super::watch::watchlist_of(user_data) {
+                Ok(list) => Some(list),
+                Err(message) => {
+                    self.metrics.inc(Counter::ProtocolErrors, 1);
+                    let code = ErrorCode::Unauthorized;
+                    self.send_to(key, error_frame(code, Some(&message)));
+                    self.begin_close(key, code.code(), None);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let user_channel = format!("{USER_CHANNEL_PREFIX}{user_id}");
         let user_id: Arc<str> = Arc::from(user_id);
-        if self
+        let added = self
             .registry
             .borrow_mut()
-            .subscribe(app_idx, &user_channel, key)
-            && let Some(c) = self.conns.borrow_mut().get_mut(key)
-        {
+            .subscribe(app_idx, &user_channel, key);
+        let first_socket = added
+            && self
+                .registry
+                .borrow()
+                .subscribers(app_idx, &user_channel)
+                .is_some_and(|s| s.len() == 1);
+        if added && let Some(c) = self.conns.borrow_mut().get_mut(key) {
             c.channels.push(Subscription {
                 channel: Arc::from(user_channel),
                 presence_user: None,
             });
         }
         if let Some(c) = self.conns.borrow_mut().get_mut(key) {
-            c.user_id = Some(user_id);
+            c.user_id = Some(Arc::clone(&user_id));
             c.authorized = true;
         }
         let mut data = Vec::with_capacity(24 + user_data.len());
@@ -69,6 +88,10 @@ impl Shard {
             user_id: None,
         });
         self.send_to(key, frame);
+        if let Some(watchlist) = watchlist {
+            // After signin_success, so the initial state follows it.
+            self.watch_signin(key, app_idx, &user_id, watchlist, first_socket);
+        }
     }
 
     /// Closes every socket of `user_id` on every shard with 4009.

@@ -35,6 +35,11 @@ pub enum Event {
     },
     /// A socket subscribed to a cache channel that holds no event.
     CacheMiss { channel: String },
+    /// A channel's subscription count changed (coalesced, as the clients are told).
+    SubscriptionCount {
+        channel: String,
+        subscription_count: u64,
+    },
 }
 
 impl Event {
@@ -48,6 +53,7 @@ impl Event {
             Self::MemberRemoved { .. } => WebhookEvent::MemberRemoved,
             Self::ClientEvent { .. } => WebhookEvent::ClientEvent,
             Self::CacheMiss { .. } => WebhookEvent::CacheMiss,
+            Self::SubscriptionCount { .. } => WebhookEvent::SubscriptionCount,
         }
     }
 
@@ -60,7 +66,8 @@ impl Event {
             | Self::MemberAdded { channel, .. }
             | Self::MemberRemoved { channel, .. }
             | Self::ClientEvent { channel, .. }
-            | Self::CacheMiss { channel } => channel,
+            | Self::CacheMiss { channel }
+            | Self::SubscriptionCount { channel, .. } => channel,
         }
     }
 
@@ -75,6 +82,11 @@ impl Event {
             }
             Self::MemberAdded { user_id, .. } | Self::MemberRemoved { user_id, .. } => {
                 map.insert("user_id".into(), user_id.as_str().into());
+            }
+            Self::SubscriptionCount {
+                subscription_count, ..
+            } => {
+                map.insert("subscription_count".into(), (*subscription_count).into());
             }
             Self::ClientEvent {
                 event,

@@ -36,6 +36,7 @@
 
 mod batch;
 mod event;
+mod grace;
 mod request;
 mod route;
 mod schedule;
@@ -109,6 +110,9 @@ pub struct WebhookSettings {
     /// Attempts running at once to one webhook, 16, so a hanging receiver holds at most
     /// this many slots and the other webhooks keep theirs.
     pub max_in_flight_per_hook: usize,
+    /// How long `channel_vacated` and `member_removed` wait for a return that cancels
+    /// them (`CORECAST_WEBHOOK_VACATE_DELAY_MS`); zero sends them at once.
+    pub vacate_delay: Duration,
 }
 
 impl WebhookSettings {
@@ -125,6 +129,7 @@ impl WebhookSettings {
             max_queue: 10_000,
             max_in_flight: 64,
             max_in_flight_per_hook: 16,
+            vacate_delay: Duration::ZERO,
         }
     }
 
@@ -134,6 +139,7 @@ impl WebhookSettings {
         Self {
             batching: config.webhooks_batching,
             batching_window: config.webhooks_batching_duration,
+            vacate_delay: config.webhook_vacate_delay,
             ..Self::new()
         }
     }
@@ -162,6 +168,9 @@ pub struct WebhookStats {
     pub unsupported: u64,
     /// Events queued, batched or in flight right now.
     pub queued: u64,
+    /// Events dropped by the vacate grace: a `channel_vacated` / `member_removed` and
+    /// the `channel_occupied` / `member_added` of the return within it.
+    pub suppressed: u64,
 }
 
 /// Cheap cloneable handle used by shard threads; `send` never blocks.
@@ -290,6 +299,16 @@ impl Webhooks {
     /// Queues an event for app `app`; it goes to each of the app's webhooks whose
     /// event_types and filter match. Never blocks: past `max_queue` it is dropped and counted.
     pub fn send(&self, app: usize, event: Event) {
+        self.queue(app, event, true);
+    }
+
+    /// [`Webhooks::send`] without the vacate grace: for `channel_vacated` and
+    /// `member_removed` that already waited theirs (the redis bridge's, in Redis).
+    pub fn send_now(&self, app: usize, event: Event) {
+        self.queue(app, event, false);
+    }
+
+    fn queue(&self, app: usize, event: Event, graced: bool) {
         let Some(h) = &self.inner else { return };
         let routes = h.routes.load();
         let copies = routes.matching(app, event.kind(), event.channel()).count();
@@ -305,7 +324,13 @@ impl Webhooks {
         }
         // The job carries the routes its copies were counted under.
         let routes = Guard::into_inner(routes);
-        if h.jobs.send(Job::Event { app, event, routes }).is_err() {
+        let job = Job::Event {
+            app,
+            event,
+            routes,
+            graced,
+        };
+        if h.jobs.send(job).is_err() {
             shared.queued.fetch_sub(copies, Ordering::Relaxed);
             shared.dropped.fetch_add(copies as u64, Ordering::Relaxed);
             return;

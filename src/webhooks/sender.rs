@@ -26,6 +26,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use super::batch::{Batch, Batcher, encode_body, signature};
+use super::grace::{Grace, Offered};
 use super::request::{HttpTarget, MalformedResponse, UrlError, build_request, parse_status};
 use super::route::Routes;
 use super::schedule::{Policy, Resolution, Scheduler, Start};
@@ -170,6 +171,8 @@ struct Sender {
     stash: RefCell<Option<Job>>,
     batcher: Batcher,
     scheduler: Scheduler,
+    /// `channel_vacated` / `member_removed` waiting out their grace.
+    grace: Grace,
     finished: Rc<Finished>,
 }
 
@@ -190,6 +193,7 @@ impl Sender {
         };
         Self {
             batcher: Batcher::new(hooks.len(), window),
+            grace: Grace::new(settings.vacate_delay),
             scheduler: Scheduler::new(policy, hooks.len()),
             hooks,
             settings,
@@ -207,6 +211,12 @@ impl Sender {
             self.take_jobs(now);
             self.take_results(now);
             let stop = self.shared.stop.get().copied();
+            let mut released = Vec::new();
+            self.grace
+                .due(now, stop.is_some(), |job| released.push(job));
+            for (app, event, routes) in released {
+                self.route(app, &event, &routes, now);
+            }
             let mut ready = Vec::new();
             if stop.is_some() {
                 self.batcher.flush(|b| ready.push(b));
@@ -227,6 +237,7 @@ impl Sender {
             let wake_at = [
                 self.batcher.next_deadline(),
                 self.scheduler.next_deadline(),
+                self.grace.next_deadline(),
                 stop,
             ]
             .into_iter()
@@ -256,7 +267,32 @@ impl Sender {
 
     fn handle(&mut self, job: Job, now: Instant) {
         match job {
-            Job::Event { app, event, routes } => self.route(app, &event, &routes, now),
+            Job::Event {
+                app,
+                event,
+                routes,
+                graced,
+            } => {
+                if !graced {
+                    self.route(app, &event, &routes, now);
+                    return;
+                }
+                match self.grace.offer((app, event, routes), now) {
+                    Offered::Now((app, event, routes)) => self.route(app, &event, &routes, now),
+                    Offered::Held => {}
+                    Offered::Cancelled { vacate, back } => {
+                        // Neither is sent: their copies leave the queue count.
+                        for (app, event, routes) in [vacate, back] {
+                            let copies =
+                                routes.matching(app, event.kind(), event.channel()).count();
+                            self.shared.queued.fetch_sub(copies, Ordering::Relaxed);
+                            self.shared
+                                .suppressed
+                                .fetch_add(copies as u64, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
             Job::Define { first, app } => self.define(first, &app),
         }
     }

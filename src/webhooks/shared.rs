@@ -19,6 +19,9 @@ pub enum Job {
         app: usize,
         event: Event,
         routes: Arc<Routes>,
+        /// Whether the vacate grace applies (it does not to events the redis bridge
+        /// already held in its own, cluster-wide grace).
+        graced: bool,
     },
     /// Webhooks given the indexes `first..first + app.hooks.len()`. Queued before the
     /// routes naming them are published, so it reaches the sender before any event
@@ -43,6 +46,8 @@ pub struct Shared {
     pub dropped: AtomicU64,
     pub retries: AtomicU64,
     pub unsupported: AtomicU64,
+    /// Event copies dropped by the vacate grace (a vacate and the return within it).
+    pub suppressed: AtomicU64,
 }
 
 impl Shared {
@@ -72,6 +77,7 @@ impl Shared {
             dropped: get(&self.dropped),
             retries: get(&self.retries),
             unsupported: get(&self.unsupported),
+            suppressed: get(&self.suppressed),
             queued: self.queued.load(Ordering::Relaxed) as u64,
         }
     }

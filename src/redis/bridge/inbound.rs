@@ -273,6 +273,35 @@ pub(super) async fn dispatch(bridge: &Bridge, message: Message) {
             }
             bridge.own_waker.poke();
         }
+        Message::Count {
+            node,
+            app_id,
+            channel,
+            count,
+        } => {
+            let Some((app, _)) = bridge.apps.by_id(&app_id) else {
+                return;
+            };
+            bridge.heard_count(node, app, Arc::from(channel), count);
+        }
+        Message::Online {
+            app_id,
+            user_id,
+            online,
+            ..
+        } => {
+            let Some((app, _)) = bridge.apps.by_id(&app_id) else {
+                return;
+            };
+            let user: Arc<str> = Arc::from(user_id);
+            bridge
+                .to_all_shards_waiting(|| Envelope::UserOnline {
+                    app,
+                    user_id: Arc::clone(&user),
+                    online,
+                })
+                .await;
+        }
         Message::Terminate {
             app_id, user_id, ..
         } => {

@@ -12,6 +12,7 @@
 //! dropped and counted, and everything is rebuilt on reconnect.
 
 mod cluster;
+mod features;
 mod inbound;
 mod interest;
 mod limits;
@@ -141,6 +142,8 @@ pub fn spawn(
                 pending_ready: RefCell::new(Vec::new()),
                 sub_generation: Cell::new(0),
                 own_waker,
+                vacate_delay: config.webhook_vacate_delay,
+                features: features::Features::default(),
             });
             let run = move || async move {
                 if let Some(sentinels) = bridge.at.opts.sentinels.clone() {
@@ -205,6 +208,10 @@ struct Bridge {
     sub_generation: Cell<u64>,
     /// Wakes the command loop (a confirmation arrived on the pub/sub connection).
     own_waker: InboxWaker,
+    /// `CORECAST_WEBHOOK_VACATE_DELAY_MS`: the grace of vacate webhooks, kept in Redis.
+    vacate_delay: Duration,
+    /// Subscription counts of other nodes, and webhooks waiting out their grace.
+    features: features::Features,
 }
 
 /// A resync in progress: rosters and counts collected from the shards.
@@ -328,7 +335,11 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
     let mut bell = crate::fanout::Bell::default();
     let mut reclaiming: Vec<limits::Reclaiming> = Vec::new();
     loop {
-        let mut wake = next_beat.min(retry_at).max(Instant::now());
+        let mut wake = next_beat.min(retry_at);
+        if let Some(due) = bridge.features.next_due() {
+            wake = wake.min(due);
+        }
+        let mut wake = wake.max(Instant::now());
         if let Some(first) = reclaiming.iter().map(|r| r.deadline).min() {
             wake = wake.min(first.max(Instant::now()));
         }
@@ -442,6 +453,12 @@ async fn command_loop(bridge: Rc<Bridge>, mut inbox: Inbox) {
             }
         }
         bridge.answer_confirmed(conn.as_mut()).await;
+        if features::release_due(&bridge, conn.as_mut()).await.is_err() {
+            eprintln!("corecast: redis command failed; reconnecting");
+            conn = None;
+            was_up = false;
+            retry_at = Instant::now();
+        }
         for app in bridge.reclaim_done.borrow_mut().drain(..) {
             limits::answered(&mut reclaiming, app);
         }
@@ -752,6 +769,33 @@ async fn online(
                     return Err(e);
                 }
             }
+        }
+        Envelope::NodeCount {
+            app,
+            channel,
+            count,
+        } => {
+            // Replies matter when the other nodes' counts are read: queued commands
+            // go first.
+            flush(bridge, conn, cmds).await?;
+            features::node_count(bridge, conn, app, channel, count, cmds).await?;
+        }
+        Envelope::NodeUser {
+            app,
+            user_id,
+            online,
+        } => {
+            flush(bridge, conn, cmds).await?;
+            features::node_user(bridge, conn, app, user_id, online, cmds).await?;
+        }
+        Envelope::WatchQuery {
+            app,
+            users,
+            from,
+            socket,
+        } => {
+            flush(bridge, conn, cmds).await?;
+            features::watch_query(bridge, conn, app, users, from, socket).await?;
         }
         _ => {}
     }

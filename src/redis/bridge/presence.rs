@@ -27,15 +27,24 @@ pub(super) async fn join(
     if new_on_node {
         register(bridge, conn, app).await?;
     }
+    let graced = member_graced(bridge, app, channel);
+    let leaving = bridge.keys.leaving(&app_id, channel, user_id);
+    let members = bridge.keys.members(&app_id, channel);
+    let nodes = bridge.keys.member_nodes(&app_id, channel);
+    let entries = bridge.keys.node_entries(bridge.node, &app_id);
+    let channels = bridge.keys.presence_channels(&app_id);
+    let mut keys = vec![members.as_str(), &nodes, &entries, &channels];
+    if graced {
+        keys.push(&leaving);
+    }
     let reply = eval(
         conn,
-        scripts::JOIN,
-        &[
-            &bridge.keys.members(&app_id, channel),
-            &bridge.keys.member_nodes(&app_id, channel),
-            &bridge.keys.node_entries(bridge.node, &app_id),
-            &bridge.keys.presence_channels(&app_id),
-        ],
+        if graced {
+            scripts::JOIN_GRACE
+        } else {
+            scripts::JOIN
+        },
+        &keys,
         &[
             user_id,
             user_info,
@@ -101,9 +110,10 @@ pub(super) async fn join(
             outcome: Ok(frame),
         },
     );
-    if added == 1 {
+    // 2: back within the grace of its `member_removed` webhook, which is not sent.
+    if added == 1 || added == 2 {
         let a = app.0 as usize;
-        if bridge.webhooks.wants(a, WebhookEvent::MemberAdded, channel) {
+        if added == 1 && bridge.webhooks.wants(a, WebhookEvent::MemberAdded, channel) {
             let event = Event::MemberAdded {
                 channel: channel.to_string(),
                 user_id: user_id.to_string(),
@@ -129,18 +139,31 @@ pub(super) async fn leave(
 ) -> Result<(), RedisError> {
     let app_id = bridge.app_id(app).to_owned();
     let entry = scripts::entry(&app_id, channel, user_id);
-    let reply = eval(
-        conn,
-        scripts::LEAVE,
-        &[
-            &bridge.keys.members(&app_id, channel),
-            &bridge.keys.member_nodes(&app_id, channel),
-            &bridge.keys.node_entries(node, &app_id),
-            &bridge.keys.presence_channels(&app_id),
-        ],
-        &[user_id, &entry, channel],
-    )
-    .await?;
+    let graced = member_graced(bridge, app, channel);
+    let leaving = bridge.keys.leaving(&app_id, channel, user_id);
+    let token = bridge.grace_token();
+    let members = bridge.keys.members(&app_id, channel);
+    let nodes = bridge.keys.member_nodes(&app_id, channel);
+    let entries = bridge.keys.node_entries(node, &app_id);
+    let channels = bridge.keys.presence_channels(&app_id);
+    let reply = if graced {
+        let px = bridge.grace_px();
+        eval(
+            conn,
+            scripts::LEAVE_GRACE,
+            &[&members, &nodes, &entries, &channels, &leaving],
+            &[user_id, &entry, channel, &token, &px],
+        )
+        .await?
+    } else {
+        eval(
+            conn,
+            scripts::LEAVE,
+            &[&members, &nodes, &entries, &channels],
+            &[user_id, &entry, channel],
+        )
+        .await?
+    };
     // Forgotten only once Redis has it: a leave lost with the connection is announced
     // by the resync after reconnecting.
     if node == bridge.node {
@@ -156,7 +179,11 @@ pub(super) async fn leave(
                 channel: channel.to_string(),
                 user_id: user_id.to_owned(),
             };
-            bridge.webhooks.send(a, event);
+            if graced {
+                bridge.hold(leaving, token, a, event);
+            } else {
+                bridge.webhooks.send(a, event);
+            }
         }
         let frame = member_removed_frame(channel, user_id);
         bridge.announce(app, channel, frame, None, cmds);
@@ -181,17 +208,46 @@ pub(super) async fn occupy(
     if node == bridge.node && delta > 0 {
         register(bridge, conn, app).await?;
     }
-    let reply = eval(
-        conn,
-        scripts::OCCUPY,
-        &[
-            &bridge.keys.occupied(&app_id),
-            &bridge.keys.node_occupied(node, &app_id),
-        ],
-        &[channel, sign, &field],
-    )
-    .await?;
     let a = app.0 as usize;
+    // The grace of `channel_vacated` lives in Redis, so a return on any node cancels it.
+    let graced = notify
+        && !bridge.vacate_delay.is_zero()
+        && bridge
+            .webhooks
+            .wants(a, WebhookEvent::ChannelVacated, channel);
+    let vacating = bridge.keys.vacating(&app_id, channel);
+    let token = bridge.grace_token();
+    let reply = if graced {
+        eval(
+            conn,
+            scripts::OCCUPY_GRACE,
+            &[
+                &bridge.keys.occupied(&app_id),
+                &bridge.keys.node_occupied(node, &app_id),
+                &vacating,
+            ],
+            &[channel, sign, &field, &token, &bridge.grace_px()],
+        )
+        .await?
+    } else {
+        eval(
+            conn,
+            scripts::OCCUPY,
+            &[
+                &bridge.keys.occupied(&app_id),
+                &bridge.keys.node_occupied(node, &app_id),
+            ],
+            &[channel, sign, &field],
+        )
+        .await?
+    };
+    if graced && reply == Reply::Int(0) && delta < 0 {
+        let event = Event::ChannelVacated {
+            channel: channel.to_owned(),
+        };
+        bridge.hold(vacating, token, a, event);
+        return Ok(());
+    }
     let event = match (reply, delta > 0) {
         (Reply::Int(1), true) => Some((
             WebhookEvent::ChannelOccupied,
@@ -214,6 +270,14 @@ pub(super) async fn occupy(
         bridge.webhooks.send(a, event);
     }
     Ok(())
+}
+
+/// Whether `member_removed` of `channel` waits out the webhook grace in Redis.
+fn member_graced(bridge: &Bridge, app: AppIdx, channel: &str) -> bool {
+    !bridge.vacate_delay.is_zero()
+        && bridge
+            .webhooks
+            .wants(app.0 as usize, WebhookEvent::MemberRemoved, channel)
 }
 
 /// Records in Redis that this node has presence entries or occupied channels of `app`
