@@ -80,6 +80,13 @@ impl Shard {
         }
     }
 
+    /// This shard's subscription confirmations of `channel` went out only now (they
+    /// waited for Redis): counts sent meanwhile came before them, so ask for the count
+    /// again.
+    pub(super) fn recount(&self, app: AppIdx, channel: &str) {
+        self.count_change(app, channel, 0);
+    }
+
     /// Home side: a shard's count changed by `delta`, or the bridge set the other nodes'
     /// sum to `remote`. The flush task sends the new count within [`COUNT_INTERVAL_MS`].
     pub(super) fn home_count(&self, app: AppIdx, channel: &str, delta: i64, remote: Option<u64>) {
@@ -88,7 +95,8 @@ impl Shard {
             let mut channels = self.counts.channels.borrow_mut();
             let count = channels.entry(key.clone()).or_default();
             count.local += delta;
-            count.joined |= delta > 0;
+            // 0 from a shard: its held subscribers were just confirmed; tell them again.
+            count.joined |= delta > 0 || (delta == 0 && remote.is_none());
             if let Some(remote) = remote {
                 count.remote = remote;
             }

@@ -155,6 +155,7 @@ impl Shard {
                 self.replay_cache(key, app, channel);
             }
         }
+        self.recount(app, channel);
     }
 
     fn join_presence(&self, app: AppIdx, channel: &str, member: Member, socket: SocketRef) {

@@ -130,6 +130,7 @@ pub(super) async fn heartbeat(bridge: &Bridge, conn: &mut Link) -> Result<(), Re
         }
     }
     *bridge.alive.borrow_mut() = alive;
+    bridge.forget_counts(&dead);
     for node in dead {
         reap(bridge, conn, node).await?;
     }

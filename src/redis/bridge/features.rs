@@ -78,16 +78,32 @@ impl Bridge {
         });
     }
 
-    /// The sum of the other live nodes' counts of a channel.
+    /// The sum of the other nodes' counts of a channel.
     fn remote_sum(&self, key: &(AppIdx, Arc<str>)) -> u64 {
-        let alive = self.alive.borrow();
-        self.features.counts.borrow().get(key).map_or(0, |r| {
-            r.nodes
-                .iter()
-                .filter(|(n, _)| alive.contains(n))
-                .map(|(_, c)| c)
-                .sum()
-        })
+        self.features
+            .counts
+            .borrow()
+            .get(key)
+            .map_or(0, |r| r.nodes.values().sum())
+    }
+
+    /// Nodes that stopped heartbeating hold no subscriptions any more: their counts go,
+    /// and the home shards of the channels they had are told the new sums.
+    pub(super) fn forget_counts(&self, dead: &[u32]) {
+        if dead.is_empty() {
+            return;
+        }
+        let mut changed = Vec::new();
+        for (key, remote) in self.features.counts.borrow_mut().iter_mut() {
+            let before = remote.nodes.len();
+            remote.nodes.retain(|n, _| !dead.contains(n));
+            if remote.nodes.len() != before {
+                changed.push(key.clone());
+            }
+        }
+        for (app, channel) in changed {
+            self.tell_home(app, &channel);
+        }
     }
 
     fn tell_home(&self, app: AppIdx, channel: &Arc<str>) {
@@ -144,7 +160,13 @@ pub(super) async fn node_count(
         return Ok(());
     }
     let field = format!("{app_id}\n{channel}");
-    let others: Vec<u32> = bridge.alive.borrow().clone();
+    // Every node that ever heartbeated, not only those seen alive so far: a node that
+    // just started has not read the heartbeats yet. A dead node's hash is gone.
+    let nodes_key = bridge.keys.nodes();
+    let others: Vec<u32> = bulk_strings(conn.call(&[b"HKEYS", nodes_key.as_bytes()]).await?)
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect();
     let mut found = Vec::new();
     for node in others.into_iter().filter(|&n| n != bridge.node) {
         let hash = bridge.keys.node_channels(node);
