@@ -283,15 +283,19 @@ fn mariadb_custom_table_and_column_types() {
             `max_presence_member_size_in_kb` decimal(6,2) NULL,
             `max_event_payload_in_kb` double NULL,
             `webhooks` longtext NULL,
-            `created_at` datetime NULL
+            `created_at` datetime NULL,
+            `enable_subscription_count` tinyint(1) NOT NULL DEFAULT 0,
+            `enable_watchlist_events` bit(1) NULL,
+            `allowed_origins` text NULL
         )",
     );
     db.sql(
         "INSERT INTO `main`.`soketi apps` (id, `key`, secret, enabled, enable_client_messages,
             max_connections, max_presence_member_size_in_kb, max_event_payload_in_kb, webhooks,
-            created_at)
+            created_at, enable_subscription_count, enable_watchlist_events, allowed_origins)
          VALUES (41, 'typed', 's', TRUE, b'1', 250, 1.50, 12.5,
-            '[{\"url\": \"http://127.0.0.1:9/a\", \"event_types\": [\"client_event\"]}]', NOW())",
+            '[{\"url\": \"http://127.0.0.1:9/a\", \"event_types\": [\"client_event\"]}]', NOW(),
+            1, b'1', 'https://a.test, *.b.test')",
     );
     let mut env = db.env();
     env.push((
@@ -303,7 +307,9 @@ fn mariadb_custom_table_and_column_types() {
         &json!({"id": "41", "key": "typed", "secret": "s", "enabled": true,
             "enableClientMessages": true, "maxConnections": 250,
             "maxPresenceMemberSizeInKb": 1.5, "maxEventPayloadInKb": 12.5,
-            "webhooks": [{"url": "http://127.0.0.1:9/a", "event_types": ["client_event"]}]}),
+            "webhooks": [{"url": "http://127.0.0.1:9/a", "event_types": ["client_event"]}],
+            "enableSubscriptionCount": true, "enableWatchlistEvents": true,
+            "allowedOrigins": ["https://a.test", "*.b.test"]}),
         &[],
     );
     assert_eq!(found(&mut *source, Lookup::Key("typed".into())), want);
@@ -365,13 +371,18 @@ fn postgres_custom_table_and_column_types() {
             max_event_name_length numeric,
             webhooks jsonb,
             created_at timestamptz DEFAULT now(),
-            owner uuid DEFAULT '00010203-0405-0607-0809-0a0b0c0d0e0f'
+            owner uuid DEFAULT '00010203-0405-0607-0809-0a0b0c0d0e0f',
+            enable_subscription_count boolean NOT NULL DEFAULT false,
+            enable_watchlist_events smallint,
+            allowed_origins text
          );
          INSERT INTO realtime.\"Apps\" (id, \"key\", secret, enabled, enable_client_messages,
             max_connections, max_client_events_per_sec, max_presence_member_size_in_kb,
-            max_event_payload_in_kb, max_event_name_length, webhooks)
+            max_event_payload_in_kb, max_event_name_length, webhooks, enable_subscription_count,
+            enable_watchlist_events, allowed_origins)
          VALUES (41, 'typed', 's', true, true, 250, 3, 1.50, 12.5, 80,
-            '[{\"url\": \"http://127.0.0.1:9/a\", \"event_types\": [\"client_event\"]}]');
+            '[{\"url\": \"http://127.0.0.1:9/a\", \"event_types\": [\"client_event\"]}]',
+            true, 1, '[\"https://a.test\", \"*.b.test\"]');
          CREATE TABLE realtime.by_uuid (id uuid PRIMARY KEY, \"key\" text, secret text);
          INSERT INTO realtime.by_uuid VALUES ('00010203-0405-0607-0809-0a0b0c0d0e0f', 'u', 's');",
     );
@@ -386,7 +397,9 @@ fn postgres_custom_table_and_column_types() {
             "enableClientMessages": true, "maxConnections": 250, "maxClientEventsPerSecond": 3,
             "maxPresenceMemberSizeInKb": 1.5, "maxEventPayloadInKb": 12.5,
             "maxEventNameLength": 80,
-            "webhooks": [{"url": "http://127.0.0.1:9/a", "event_types": ["client_event"]}]}),
+            "webhooks": [{"url": "http://127.0.0.1:9/a", "event_types": ["client_event"]}],
+            "enableSubscriptionCount": true, "enableWatchlistEvents": true,
+            "allowedOrigins": ["https://a.test", "*.b.test"]}),
         &[],
     );
     assert_eq!(found(&mut *source, Lookup::Key("typed".into())), want);

@@ -1,6 +1,7 @@
 //! What nodes say to each other over Redis pub/sub, as compact binary messages: a
 //! published frame (already encoded by the origin node, so every node writes the same
-//! bytes) and "terminate this user". Pure: no IO.
+//! bytes), "terminate this user", a node's subscription count of a channel, and a
+//! user's cluster-wide online state. Pure: no IO.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
