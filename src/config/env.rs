@@ -57,6 +57,7 @@ pub const VARS: &[EnvVar] = &[
     var("CORECAST_MAX_HANDSHAKES_PER_SEC", "maxHandshakesPerSec", "0", "WebSocket handshakes per second per server; 0 is unlimited"),
     var("CORECAST_MAX_OUTBOUND_KB", "maxOutboundKb", "1024", "per-connection send queue bound; past it the socket is closed"),
     var("CORECAST_MAX_WS_MESSAGE_KB", "maxWsMessageKb", "256", "largest WebSocket message accepted from a client"),
+    var("CORECAST_PRESENCE_MEMBER_REMOVED_DELAY_MS", "presence.memberRemovedDelayMs", "0", "ms a presence member whose last socket left stays listed; a return within it sends clients neither member_removed nor member_added (0: off)"),
     var("CORECAST_PONG_TIMEOUT", "pongTimeout", "30", "seconds to wait for a pong before closing with 4201"),
     var("CORECAST_REDIS_INTEREST", "adapter.redis.interest", "true", "redis adapter: a node receives only the events of channels it has subscribers for"),
     var("CORECAST_RING_CAPACITY", "ringCapacity", "16384", "envelopes per shard-to-shard ring"),

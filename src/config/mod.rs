@@ -114,6 +114,11 @@ pub struct Config {
     /// together with the `channel_occupied` / `member_added` of a return within it
     /// (`CORECAST_WEBHOOK_VACATE_DELAY_MS`, `webhooks.vacateDelayMs`), 3 s as Pusher.
     pub webhook_vacate_delay: Duration,
+    /// How long a presence member whose last socket left stays a member before clients
+    /// get `member_removed`; a socket of the user joining within it is a silent return
+    /// (`CORECAST_PRESENCE_MEMBER_REMOVED_DELAY_MS`, `presence.memberRemovedDelayMs`),
+    /// 0: off, as Pusher and Soketi.
+    pub member_removed_delay: Duration,
     /// Certificate files; TLS is on when [`TlsConfig::enabled`].
     pub tls: TlsConfig,
     /// Where apps come from: the array of `apps`, or a MySQL or PostgreSQL table.
@@ -273,6 +278,7 @@ impl Default for Config {
             webhooks_batching: false,
             webhooks_batching_duration: Duration::from_millis(50),
             webhook_vacate_delay: Duration::from_secs(3),
+            member_removed_delay: Duration::ZERO,
             tls: TlsConfig::default(),
             app_manager: AppManagerConfig::default(),
         }

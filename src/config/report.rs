@@ -444,6 +444,7 @@ fn effective(c: &Config, key: &str) -> Option<Option<String>> {
         "webhooks.batching.enabled" => n(&c.webhooks_batching),
         "webhooks.batching.duration" => millis(c.webhooks_batching_duration),
         "webhooks.vacateDelayMs" => millis(c.webhook_vacate_delay),
+        "presence.memberRemovedDelayMs" => millis(c.member_removed_delay),
         "ssl.certPath" => s(&c.tls.cert_path),
         "ssl.keyPath" => s(&c.tls.key_path),
         "ssl.passphrase" => s(&c.tls.passphrase),

@@ -84,6 +84,7 @@ impl Builder {
             "webhooks.batching.enabled" => c.webhooks_batching = value::boolean(&raw, o)?,
             "webhooks.batching.duration" => c.webhooks_batching_duration = value::millis(&raw, o)?,
             "webhooks.vacateDelayMs" => c.webhook_vacate_delay = value::millis(&raw, o)?,
+            "presence.memberRemovedDelayMs" => c.member_removed_delay = value::millis(&raw, o)?,
             "ssl.certPath" => c.tls.cert_path = value::string(&raw, o)?,
             "ssl.keyPath" => c.tls.key_path = value::string(&raw, o)?,
             "ssl.passphrase" => c.tls.passphrase = value::string(&raw, o)?,

@@ -35,6 +35,7 @@ const CASES: &[(&str, &str, Check)] = &[
     ("CORECAST_PONG_TIMEOUT", "10", |c| c.pong_timeout == Duration::from_secs(10)),
     ("CORECAST_RING_CAPACITY", "1024", |c| c.ring_capacity == 1024),
     ("CORECAST_WEBHOOK_VACATE_DELAY_MS", "500", |c| c.webhook_vacate_delay == Duration::from_millis(500)),
+    ("CORECAST_PRESENCE_MEMBER_REMOVED_DELAY_MS", "2500", |c| c.member_removed_delay == Duration::from_millis(2500)),
     ("CORECAST_DEFAULT_APP_ENABLE_SUBSCRIPTION_COUNT", "true", |c| c.apps[0].enable_subscription_count),
     ("CORECAST_DEFAULT_APP_ENABLE_WATCHLIST_EVENTS", "true", |c| c.apps[0].enable_watchlist_events),
     ("CORECAST_DEFAULT_APP_ALLOWED_ORIGINS", "https://a.test,*.b.test", |c| c.apps[0].allowed_origins == ["https://a.test", "*.b.test"]),

@@ -2,6 +2,7 @@
 //! however many sockets (on however many shards) it has.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ahash::{AHashMap, RandomState};
 use indexmap::IndexMap;
@@ -15,6 +16,9 @@ struct Member {
     info: String,
     /// Sockets of this user on the channel, across all shards.
     sockets: u32,
+    /// With a leave grace: the user's last socket left, and the member is removed at this
+    /// time unless a socket of the user joins before.
+    leaving: Option<Instant>,
 }
 
 /// What a join did to the roster.
@@ -32,13 +36,19 @@ pub enum Joined {
 #[derive(Debug, Default)]
 pub struct Roster {
     members: IndexMap<String, Member, RandomState>,
+    /// Members whose last socket left within the grace.
+    leaving: usize,
 }
 
 impl Roster {
-    /// Adds a socket of `user_id`; a new user needs room under `max_members`.
+    /// Adds a socket of `user_id`; a new user needs room under `max_members`. A user
+    /// whose last socket left within the grace is still a member: it is back, silently.
     pub fn join(&mut self, user_id: &str, info: &str, max_members: usize) -> Joined {
         if let Some(m) = self.members.get_mut(user_id) {
             m.sockets += 1;
+            if m.leaving.take().is_some() {
+                self.leaving -= 1;
+            }
             return Joined::AnotherSocket;
         }
         if self.members.len() >= max_members {
@@ -49,6 +59,7 @@ impl Roster {
             Member {
                 info: info.to_owned(),
                 sockets: 1,
+                leaving: None,
             },
         );
         Joined::NewMember
@@ -57,16 +68,49 @@ impl Roster {
     /// Removes one socket of `user_id`; true when it was the user's last (announce
     /// `member_removed`).
     pub fn leave(&mut self, user_id: &str) -> bool {
+        self.leave_after(user_id, Duration::ZERO, Instant::now())
+    }
+
+    /// Removes one socket of `user_id`. With a `grace`, the user's last socket leaving
+    /// only marks the member as leaving at `now + grace` (see [`Roster::expire`]); without
+    /// one it removes the member and returns true (announce `member_removed`).
+    pub fn leave_after(&mut self, user_id: &str, grace: Duration, now: Instant) -> bool {
         let Some(m) = self.members.get_mut(user_id) else {
             return false;
         };
-        m.sockets -= 1;
         if m.sockets == 0 {
-            self.members.shift_remove(user_id);
-            true
-        } else {
-            false
+            return false;
         }
+        m.sockets -= 1;
+        if m.sockets > 0 {
+            return false;
+        }
+        if grace.is_zero() {
+            self.members.shift_remove(user_id);
+            return true;
+        }
+        m.leaving = Some(now + grace);
+        self.leaving += 1;
+        false
+    }
+
+    /// Removes the members whose grace ended by `now` and returns them (announce
+    /// `member_removed` for each).
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        if self.leaving == 0 {
+            return Vec::new();
+        }
+        let gone: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.leaving.is_some_and(|at| at <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            self.members.shift_remove(id);
+        }
+        self.leaving -= gone.len();
+        gone
     }
 
     /// Distinct users present.
@@ -154,6 +198,21 @@ impl Rosters {
             .map(|(name, r)| (&**name, r))
     }
 
+    /// Removes, over every roster, the members whose leave grace ended by `now`:
+    /// `(app, channel, user)` for each.
+    pub fn expire(&mut self, now: Instant) -> Vec<(AppIdx, Arc<str>, String)> {
+        let mut gone = Vec::new();
+        for (i, map) in self.apps.iter_mut().enumerate() {
+            for (channel, roster) in map.iter_mut() {
+                for user in roster.expire(now) {
+                    gone.push((AppIdx(i as u32), Arc::clone(channel), user));
+                }
+            }
+            map.retain(|_, r| !r.is_empty());
+        }
+        gone
+    }
+
     /// Drops the roster of `channel` once empty.
     pub fn prune(&mut self, app: AppIdx, channel: &str) {
         let map = &mut self.apps[app.0 as usize];
@@ -178,6 +237,34 @@ mod tests {
         assert!(r.leave("u1"), "last socket removes the member");
         assert!(!r.leave("u1"), "unknown user");
         assert_eq!(r.ids().collect::<Vec<_>>(), vec!["u2"]);
+    }
+
+    #[test]
+    fn with_a_grace_a_quick_return_is_silent_and_a_real_leave_expires() {
+        let mut r = Roster::default();
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(3);
+        r.join("u1", "null", 10);
+        assert!(!r.leave_after("u1", grace, t0), "held for the grace");
+        assert_eq!(r.count(), 1, "still listed while leaving");
+        assert!(r.expire(t0 + Duration::from_secs(1)).is_empty());
+        assert_eq!(
+            r.join("u1", "null", 10),
+            Joined::AnotherSocket,
+            "back: no member_added"
+        );
+        assert!(
+            r.expire(t0 + Duration::from_secs(10)).is_empty(),
+            "the return cancelled it"
+        );
+        assert!(!r.leave_after("u1", grace, t0 + Duration::from_secs(4)));
+        assert!(
+            !r.leave_after("u1", grace, t0 + Duration::from_secs(4)),
+            "no socket left to leave"
+        );
+        assert_eq!(r.expire(t0 + Duration::from_secs(6)), Vec::<String>::new());
+        assert_eq!(r.expire(t0 + Duration::from_secs(7)), vec!["u1".to_owned()]);
+        assert!(r.is_empty());
     }
 
     #[test]

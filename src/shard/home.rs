@@ -3,6 +3,7 @@
 //! `member_added` / `member_removed` so they fire once per user, in order.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -212,36 +213,53 @@ impl Shard {
 
     /// Home side of a leave: announces `member_removed` when the user's last socket went.
     pub(super) fn home_leave(&self, app: AppIdx, channel: &str, user_id: &str) {
+        let grace = self.config.member_removed_delay;
         let removed = {
             let mut rosters = self.rosters.borrow_mut();
-            let removed = rosters.entry(app, channel).leave(user_id);
+            let removed = rosters
+                .entry(app, channel)
+                .leave_after(user_id, grace, Instant::now());
             rosters.prune(app, channel);
             removed
         };
-        if let Some(bridge) = self.bridge {
-            // Cluster mode: Redis decides whether the user left the cluster.
-            if removed {
-                let envelope = Envelope::ClusterLeave {
-                    app,
-                    channel: Arc::from(channel),
-                    user_id: Arc::from(user_id),
-                };
-                self.send_envelope(bridge, envelope);
-            }
+        if removed {
+            self.member_left(app, channel, user_id);
+        }
+    }
+
+    /// Presence members whose leave grace ended: they are gone now.
+    pub(super) fn expire_leaves(&self, now: Instant) {
+        if self.config.member_removed_delay.is_zero() {
             return;
         }
-        if removed {
-            let a = app.0 as usize;
-            if self.webhooks.wants(a, WebhookEvent::MemberRemoved, channel) {
-                let event = Event::MemberRemoved {
-                    channel: channel.to_owned(),
-                    user_id: user_id.to_owned(),
-                };
-                self.webhooks.send(a, event);
-            }
-            let frame = member_removed_frame(channel, user_id);
-            self.publish(app, channel, &frame, None, false);
+        let gone = self.rosters.borrow_mut().expire(now);
+        for (app, channel, user) in gone {
+            self.member_left(app, &channel, &user);
         }
+    }
+
+    /// A member left the channel on this server (node): tell Redis, or announce it.
+    fn member_left(&self, app: AppIdx, channel: &str, user_id: &str) {
+        if let Some(bridge) = self.bridge {
+            // Cluster mode: Redis decides whether the user left the cluster.
+            let envelope = Envelope::ClusterLeave {
+                app,
+                channel: Arc::from(channel),
+                user_id: Arc::from(user_id),
+            };
+            self.send_envelope(bridge, envelope);
+            return;
+        }
+        let a = app.0 as usize;
+        if self.webhooks.wants(a, WebhookEvent::MemberRemoved, channel) {
+            let event = Event::MemberRemoved {
+                channel: channel.to_owned(),
+                user_id: user_id.to_owned(),
+            };
+            self.webhooks.send(a, event);
+        }
+        let frame = member_removed_frame(channel, user_id);
+        self.publish(app, channel, &frame, None, false);
     }
 
     /// A channel gained its first or lost its last subscriber on this shard: tell its

@@ -72,5 +72,6 @@ fn sweep_once(shard: &Rc<Shard>, now: Instant) {
         }
     }
     shard.expire_cache(now);
+    shard.expire_leaves(now);
     shard.flush_dirty();
 }
