@@ -168,8 +168,15 @@ return 0
 
 /// Counts the nodes a user has signed-in sockets on (watchlist events); returns 1 when
 /// the user came online in the cluster (`+1`), 0 when it went offline (`-1`), -1 when
-/// neither. KEYS: the app's online users. ARGV: user_id, +1 or -1.
+/// neither. The node's own set of online users makes it idempotent per node and lets
+/// whoever reaps a dead node take its users offline.
+/// KEYS: the app's online users, the node's online users of the app. ARGV: user_id, +1 or -1.
 pub const ONLINE: &str = r"
+if ARGV[2] == '1' then
+  if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return -1 end
+else
+  if redis.call('SREM', KEYS[2], ARGV[1]) == 0 then return -1 end
+end
 local n = redis.call('HINCRBY', KEYS[1], ARGV[1], tonumber(ARGV[2]))
 if n <= 0 then
   redis.call('HDEL', KEYS[1], ARGV[1])
@@ -304,6 +311,15 @@ impl Keys {
     #[must_use]
     pub fn online(&self, app_id: &str) -> String {
         format!("{}corecast:{{{app_id}}}:online", self.key_prefix)
+    }
+
+    /// The users of an app with signed-in sockets on one node (watchlist events).
+    #[must_use]
+    pub fn node_online(&self, node: u32, app_id: &str) -> String {
+        format!(
+            "{}corecast:{{{app_id}}}:node:{node}:online",
+            self.key_prefix
+        )
     }
 
     /// A channel vacated within the webhook grace period: holds the token of the node

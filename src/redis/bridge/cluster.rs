@@ -186,6 +186,25 @@ pub(super) async fn reap(bridge: &Bridge, conn: &mut Link, node: u32) -> Result<
             )
             .await?;
         }
+        // Its signed-in users: offline where it was their last node.
+        let online = bulk_strings(
+            conn.call(&[
+                b"SMEMBERS",
+                bridge.keys.node_online(node, app_id).as_bytes(),
+            ])
+            .await?,
+        );
+        for user in online {
+            super::features::node_user(
+                bridge,
+                conn,
+                (node, app),
+                Arc::from(user),
+                false,
+                &mut cmds,
+            )
+            .await?;
+        }
         // Its occupied channels: vacated where it was the last node.
         let occupied = bulk_strings(
             conn.call(&[
@@ -216,6 +235,7 @@ pub(super) async fn reap(bridge: &Bridge, conn: &mut Link, node: u32) -> Result<
     for app_id in &apps {
         keys.push(bridge.keys.node_entries(node, app_id));
         keys.push(bridge.keys.node_occupied(node, app_id));
+        keys.push(bridge.keys.node_online(node, app_id));
     }
     for key in keys {
         conn.call(&[b"DEL", key.as_bytes()]).await?;

@@ -196,17 +196,23 @@ pub(super) async fn node_count(
 pub(super) async fn node_user(
     bridge: &Bridge,
     conn: &mut Link,
-    app: AppIdx,
+    (node, app): (u32, AppIdx),
     user_id: Arc<str>,
     online: bool,
     cmds: &mut Vec<Vec<Bytes>>,
 ) -> Result<(), RedisError> {
     let app_id = bridge.app_id(app).to_owned();
     let sign = if online { "1" } else { "-1" };
+    if node == bridge.node {
+        presence::register(bridge, conn, app).await?;
+    }
     let reply = presence::eval(
         conn,
         scripts::ONLINE,
-        &[&bridge.keys.online(&app_id)],
+        &[
+            &bridge.keys.online(&app_id),
+            &bridge.keys.node_online(node, &app_id),
+        ],
         &[&user_id, sign],
     )
     .await?;

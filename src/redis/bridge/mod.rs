@@ -786,7 +786,7 @@ async fn online(
             online,
         } => {
             flush(bridge, conn, cmds).await?;
-            features::node_user(bridge, conn, app, user_id, online, cmds).await?;
+            features::node_user(bridge, conn, (bridge.node, app), user_id, online, cmds).await?;
         }
         Envelope::WatchQuery {
             app,
