@@ -2,6 +2,7 @@
 //! `bench` measures a server, `plan` sizes a deployment from those measurements.
 
 mod bench;
+mod plan;
 
 use std::process::ExitCode;
 
@@ -77,6 +78,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Size a deployment: cores, memory and nodes for a target load
+    ///
+    /// From a profile written by `corecast bench --profile FILE` (figures measured on your
+    /// hardware), or without one from the figures in tuning/profile.json, it prints the
+    /// nodes, cores and memory needed for --connections and --deliveries-per-sec, the
+    /// headroom and every figure it assumed, and which resource binds first.
+    Plan(plan::PlanArgs),
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +117,7 @@ fn main() -> ExitCode {
         Command::Start(file) => start(&file),
         Command::Config { file, json } => print_config(&file, json),
         Command::Bench { args } => bench::main(args),
+        Command::Plan(args) => plan::run(&args),
     }
 }
 

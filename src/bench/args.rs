@@ -101,8 +101,10 @@ pub struct Args {
     /// The sweep's first rate, in deliveries per second; each step doubles it until the
     /// target is missed, then halves the step between the last good and the first bad.
     pub sweep_start_per_s: u64,
-    /// The sweep stops refining when good and bad rates are within this ratio.
+    /// Runs after the first missed rate, each halving the gap to the last rate held.
     pub sweep_steps: usize,
+    /// The sweep's highest rate (0: none; the sweep stops doubling there).
+    pub sweep_max_per_s: u64,
     /// Write the figures `corecast plan` reads (fan-out sweep, memory, connect) here.
     pub profile: Option<PathBuf>,
     /// Write a self-contained HTML report (SVG charts) of a sweep here.
@@ -113,7 +115,7 @@ pub const USAGE: &str = "\
 usage: corecast bench [options]
   --scenario fanout|memory|connect|crossnode|baseline   (default fanout; delivery = fanout)
   --server-bin PATH      the server to start (default: this corecast binary)
-  --port N               (default 6101; 0 = a free port per run;
+  --port N               (default 0 = a free port per run;
                           crossnode: node A on N, node B on N+1)
   --shards N             CORECAST_SHARDS per node (crossnode 1, others 2)
   --connections N        (delivery 2000, memory 19000, connect 5000, crossnode 1000)
@@ -146,6 +148,7 @@ usage: corecast bench [options]
   --p99-ms MS            the sweep's latency target (default 10)
   --sweep-start N        the sweep's first rate, deliveries/s (default 10000)
   --sweep-steps N        runs after the first failure, halving the gap (default 3)
+  --sweep-max N          highest rate to try, deliveries/s (default none)
   --profile PATH         write the measured figures for `corecast plan --profile PATH`
   --report PATH          with --sweep: a self-contained HTML report with SVG charts
 
@@ -215,7 +218,7 @@ impl Args {
         let mut a = Args {
             scenario,
             server_bin: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("corecast")),
-            port: 6101,
+            port: 0,
             shards,
             connections,
             channels,
@@ -244,6 +247,7 @@ impl Args {
             p99_ms: 10.0,
             sweep_start_per_s: 10_000,
             sweep_steps: 3,
+            sweep_max_per_s: 0,
             profile: None,
             report: None,
         };
@@ -279,6 +283,7 @@ impl Args {
                 "p99-ms" => a.p99_ms = num(&name, &v)?,
                 "sweep-start" => a.sweep_start_per_s = num(&name, &v)?,
                 "sweep-steps" => a.sweep_steps = num(&name, &v)?,
+                "sweep-max" => a.sweep_max_per_s = num(&name, &v)?,
                 "profile" => a.profile = Some(PathBuf::from(v)),
                 "report" => a.report = Some(PathBuf::from(v)),
                 "baseline" => {

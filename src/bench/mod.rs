@@ -35,11 +35,14 @@ mod baseline;
 mod clients;
 mod counts;
 
+mod profile;
 mod publish;
+mod report;
 
 mod scenario;
 
 mod server;
+mod sweep;
 
 mod ws;
 
@@ -79,6 +82,9 @@ pub fn main(raw: Vec<String>) -> ExitCode {
         return ExitCode::from(2);
     }
 
+    if args.sweep {
+        return run_sweep(&args);
+    }
     let mut results: Vec<RunResult> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
     for k in 0..args.runs {
@@ -101,14 +107,98 @@ pub fn main(raw: Vec<String>) -> ExitCode {
             }
         }
     }
-    report(&args, &results, &failures);
+    let out = report(&args, &results, &failures);
+    let mut ok = failures.is_empty() && !results.is_empty();
+    if let Some(path) = &args.profile {
+        match profile::section_of_run(&out) {
+            Some(_) if !ok => {
+                eprintln!("corecast bench: a run failed; the profile is left as it was");
+            }
+            Some((name, section)) => {
+                if let Err(e) = profile::write(path, name, section) {
+                    eprintln!("corecast bench: {e}");
+                    ok = false;
+                }
+            }
+            None => eprintln!(
+                "corecast bench: --scenario {} has no profile section",
+                args.scenario.name()
+            ),
+        }
+    }
     // Leftover threads (a stuck client) must not keep the process alive.
-    let code = if failures.is_empty() && !results.is_empty() {
-        0
+    std::process::exit(if ok { 0 } else { 1 })
+}
+
+/// `--sweep`: fan-out runs at rising rates; the JSON (or a table), the profile section
+/// and the HTML report.
+fn run_sweep(args: &Args) -> ExitCode {
+    let points = sweep::run(args, |a| {
+        let r = run_once(a, 0)?;
+        print_run(&r);
+        Ok(r)
+    });
+    let out = sweep::json(args, &points);
+    if args.json {
+        println!("{out:#}");
     } else {
-        1
-    };
-    std::process::exit(code)
+        println!();
+        println!(
+            "corecast bench --sweep | shards {} | connections {} | channels {} | p99 target {} ms",
+            args.shards, args.connections, args.channels, args.p99_ms
+        );
+        println!(
+            "  {:>12} {:>12} {:>9} {:>9} {:>11} {:>6}  result",
+            "asked/s", "delivered/s", "p50 ms", "p99 ms", "CPU us/dlv", "lost"
+        );
+        for p in &points {
+            let f = |n: &str| {
+                p.figures
+                    .figures
+                    .iter()
+                    .find(|x| x.0 == n)
+                    .map_or(f64::NAN, |x| x.1)
+            };
+            println!(
+                "  {:>12} {:>12.0} {:>9.2} {:>9.2} {:>11.2} {:>6.0}  {} ({})",
+                p.target_per_s,
+                f("deliveries_per_s"),
+                f("latency_p50_us") / 1000.0,
+                f("latency_p99_us") / 1000.0,
+                f("server_cpu_us_per_delivery"),
+                f("lost"),
+                if p.held { "held" } else { "missed" },
+                p.why
+            );
+        }
+        match out["highest_sustained_deliveries_per_s"].as_u64() {
+            Some(r) => println!(
+                "  highest rate held: {r} deliveries/s at {:.2} us CPU per delivery",
+                out["cpu_us_per_delivery_at_highest"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN)
+            ),
+            None => println!("  no rate was held within the target"),
+        }
+    }
+    let mut ok = out["highest_sustained_deliveries_per_s"].is_u64();
+    if let Some(path) = &args.report {
+        match std::fs::write(path, report::html(&out)) {
+            Ok(()) => eprintln!("corecast bench: report written to {}", path.display()),
+            Err(e) => {
+                eprintln!("corecast bench: {}: {e}", path.display());
+                ok = false;
+            }
+        }
+    }
+    if let Some(path) = &args.profile
+        && ok
+        && let Err(e) = profile::write(path, "fanout", profile::section_of_sweep(&out))
+    {
+        eprintln!("corecast bench: {e}");
+        ok = false;
+    }
+    std::process::exit(if ok { 0 } else { 1 })
 }
 
 /// One fresh server, one scenario, server stopped whatever happened.

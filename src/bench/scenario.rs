@@ -19,7 +19,7 @@ use super::server::{Sample, Server, machine_busy_s, scrape, self_cpu_s};
 const FINISH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Figures of one run, in print order, plus what looked wrong.
-#[derive(Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RunResult {
     pub figures: Vec<(&'static str, f64)>,
     /// Server misbehaviour and client-side trouble, in words.
@@ -344,6 +344,28 @@ fn drain_tail(args: &Args, shared: &Shared) -> Drain {
     }
 }
 
+/// Waits until `end`, with a progress line on stderr once a second: time measured and
+/// deliveries received so far.
+fn progress(shared: &Shared, window: Duration, end: Instant) {
+    let start = end.checked_sub(window).unwrap_or(end);
+    let received_at_start = shared.received.load(Ordering::Relaxed);
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        std::thread::sleep((end - now).min(Duration::from_secs(1)));
+        let got = shared.received.load(Ordering::Relaxed) - received_at_start;
+        let secs = start.elapsed().as_secs_f64().min(window.as_secs_f64());
+        eprint!(
+            "\r  measuring {secs:5.1} / {:.1} s: {got} deliveries ({:.0}/s)   ",
+            window.as_secs_f64(),
+            got as f64 / secs.max(0.001)
+        );
+    }
+    eprintln!();
+}
+
 fn sleep_until(t: Instant) {
     std::thread::sleep(t.saturating_duration_since(Instant::now()));
 }
@@ -538,7 +560,11 @@ fn delivery(
     };
     let snap_a = snap_all(server, cross.as_ref())?;
     let (a, self_a) = (snap_a.server, snap_a.self_cpu_s);
-    sleep_until(shared.base + Duration::from_nanos(win_end_ns));
+    progress(
+        &shared,
+        args.duration,
+        shared.base + Duration::from_nanos(win_end_ns),
+    );
     let snap_b = snap_all(server, cross.as_ref())?;
     let (b, self_b) = (snap_b.server, snap_b.self_cpu_s);
     if let Some(c) = counting {
