@@ -74,7 +74,7 @@ fn small_fanout(log_dir: &Path, extra: &[&str]) -> Vec<String> {
         "--drain",
         "0.5",
         "--publishers",
-        "1",
+        "2",
     ]
     .iter()
     .map(|s| (*s).to_string())
@@ -128,8 +128,8 @@ fn bench_fanout_writes_json_with_the_documented_fields_and_a_profile() {
     assert!(p["machine"]["cores"].as_u64().is_some_and(|c| c >= 1));
     assert_eq!(p["fanout"]["shards"], 1);
     assert_eq!(
-        p["fanout"]["cpu_us_per_delivery"],
-        m["server_cpu_us_per_delivery"]
+        p["fanout"]["cpu_us_per_delivery"].as_f64(),
+        m["server_cpu_us_per_delivery"].as_f64()
     );
 
     // The plan reads the measured figure back.
@@ -143,9 +143,10 @@ fn bench_fanout_writes_json_with_the_documented_fields_and_a_profile() {
         "10000",
         "--json",
     ]));
+    // Compared as numbers: an integral figure is written as an integer.
     assert_eq!(
-        plan["assumptions"]["cpu_us_per_delivery"],
-        m["server_cpu_us_per_delivery"]
+        plan["assumptions"]["cpu_us_per_delivery"].as_f64(),
+        m["server_cpu_us_per_delivery"].as_f64()
     );
     assert!(plan["source"].as_str().unwrap().contains("profile.json"));
 }
@@ -264,15 +265,19 @@ fn sweep_report_renders_in_headless_chromium() {
     let dir = Dir::new("bench-sweep");
     let report = dir.0.join("report.html");
     let report_arg = report.display().to_string();
-    // Three rates, 200 -> 400 -> 800 deliveries/s, each held well within 1 s p99.
+    // Three rates, 100 -> 200 -> 400 deliveries/s (10 to 40 events/s), each held well
+    // within 1 s p99; 2 s windows, so one event more or less at the edges stays within
+    // the 5 % of the rate a sweep allows.
     let args = small_fanout(
         &dir.0,
         &[
+            "--duration",
+            "2",
             "--sweep",
             "--sweep-start",
-            "200",
+            "100",
             "--sweep-max",
-            "800",
+            "400",
             "--p99-ms",
             "1000",
             "--json",
@@ -289,7 +294,7 @@ fn sweep_report_renders_in_headless_chromium() {
         "{sweep:#}"
     );
     assert_eq!(
-        sweep["highest_sustained_deliveries_per_s"], 800,
+        sweep["highest_sustained_deliveries_per_s"], 400,
         "{sweep:#}"
     );
     assert!(sweep["cpu_us_per_delivery_at_highest"].as_f64().is_some());
