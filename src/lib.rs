@@ -18,6 +18,8 @@
 //! - [`metrics`]: per-shard counters merged at scrape time, and the metrics server.
 //! - [`webhooks`]: Pusher webhooks: batching and signing, and the sender thread.
 //! - [`redis`]: the redis adapter: RESP client, wire format, and the bridge thread.
+//! - `perf` (cargo features `bench`, `count-alloc`; hidden): sans-IO entry points to the
+//!   hot paths for the instruction-count benchmarks, and a counting allocator.
 
 pub mod app;
 pub mod auth;
@@ -25,6 +27,9 @@ pub mod config;
 pub mod fanout;
 pub mod http;
 pub mod metrics;
+#[cfg(any(feature = "bench", feature = "count-alloc"))]
+#[doc(hidden)]
+pub mod perf;
 pub mod protocol;
 pub mod redis;
 pub mod registry;

@@ -1,4 +1,8 @@
-//! The `corecast` command: `start` serves, `config` prints the effective configuration.
+//! The `corecast` command: `start` serves, `config` prints the effective configuration,
+//! `bench` measures a server, `plan` sizes a deployment from those measurements.
+
+mod bench;
+mod plan;
 
 use std::process::ExitCode;
 
@@ -16,6 +20,12 @@ Every SOKETI_* and CORECAST_* variable, with its config-file key, is listed by `
 \"Configure it\" section.";
 
 /// A Pusher Channels (protocol 7) WebSocket server, a drop-in replacement for Soketi.
+/// With the `count-alloc` feature every heap allocation is counted
+/// (`corecast_heap_allocations_total`), for allocations per delivery in `corecast bench`.
+#[cfg(feature = "count-alloc")]
+#[global_allocator]
+static GLOBAL: corecast::perf::alloc::Counting = corecast::perf::alloc::Counting;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "corecast",
@@ -54,6 +64,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure a corecast: fan-out, connections, memory, cross-node (see `corecast bench --help`)
+    ///
+    /// Starts this binary as the server (or drives an existing one with --target), runs one
+    /// scenario and prints the figures: the server's CPU per delivery, latency percentiles,
+    /// losses, and with --system-counts syscalls, io_uring submissions, allocations and
+    /// bytes written per delivery. --json prints one JSON object for machines; --sweep
+    /// steps the rate up to the highest one held within --p99-ms; --profile writes the
+    /// figures `corecast plan` sizes a deployment from.
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// The options of `corecast bench --help`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Size a deployment: cores, memory and nodes for a target load
+    ///
+    /// From a profile written by `corecast bench --profile FILE` (figures measured on your
+    /// hardware), or without one from the figures in tuning/profile.json, it prints the
+    /// nodes, cores and memory needed for --connections and --deliveries-per-sec, the
+    /// headroom and every figure it assumed, and which resource binds first.
+    Plan(plan::PlanArgs),
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +116,8 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Start(file) => start(&file),
         Command::Config { file, json } => print_config(&file, json),
+        Command::Bench { args } => bench::main(args),
+        Command::Plan(args) => plan::run(&args),
     }
 }
 

@@ -54,6 +54,21 @@ if [ "${#sql_packages[@]}" -gt 0 ]; then
   (service postgresql stop || true) >/dev/null 2>&1
 fi
 
+# The bench report test renders its HTML in headless Chromium; the perf check runs
+# callgrind (valgrind) and perf stat (linux-perf).
+perf_packages=()
+command -v chromium >/dev/null 2>&1 || perf_packages+=(chromium)
+command -v valgrind >/dev/null 2>&1 || perf_packages+=(valgrind)
+command -v perf >/dev/null 2>&1 || perf_packages+=(linux-perf)
+if [ "${#perf_packages[@]}" -gt 0 ]; then
+  step "apt-get install -y ${perf_packages[*]}"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${perf_packages[@]}"
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${perf_packages[@]}"
+  fi
+fi
+
 # ---- Rust ---------------------------------------------------------------------
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -63,6 +78,9 @@ cargo clippy --all-targets -- -D warnings
 
 step "cargo test"
 cargo test --no-fail-fast
+
+step "perf regression check (tests/perf.sh)"
+bash tests/perf.sh
 
 step "cargo build --bin corecast (the binary the e2e suite runs)"
 cargo build --bin corecast

@@ -192,6 +192,35 @@ fn publish(shard: &Rc<Shard>, app_idx: AppIdx, event: &Checked<'_>) {
     }
 }
 
+/// `POST /apps/{id}/events` without a shard: the body checked as `trigger` checks it and
+/// each channel's frame encoded as `publish` encodes it, for the sans-IO benchmarks.
+#[cfg(feature = "bench")]
+pub(crate) fn encode_event(
+    app: &AppConfig,
+    body: &mut [u8],
+) -> Result<Vec<bytes::Bytes>, Response> {
+    let Ok(value) = simd_json::to_borrowed_value(body) else {
+        return Err(error(400, "The request body is not valid JSON."));
+    };
+    let event = check_event(app, &value, true)?;
+    let data = match &event.data {
+        DataText::Str(s) => Data::Str(s),
+        DataText::Json(j) => Data::Json(j),
+    };
+    Ok(event
+        .channels
+        .iter()
+        .map(|channel| {
+            event_frame(&EventFrame {
+                event: event.name,
+                channel: Some(channel),
+                data,
+                user_id: None,
+            })
+        })
+        .collect())
+}
+
 /// Validates one event object against the app's limits. `multi`: whether `channels`
 /// (an array) is allowed, as on `/events`; batch items name one `channel`.
 fn check_event<'a>(

@@ -4,6 +4,9 @@
 mod channels;
 mod events;
 
+#[cfg(feature = "bench")]
+pub(crate) use events::encode_event;
+
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 

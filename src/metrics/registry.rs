@@ -397,6 +397,15 @@ impl Registry {
                 fams.push(&name, help, kind, vec![label("port", &self.port)], value);
             }
         }
+        // Only a binary built with the counting allocator has a meaningful count.
+        #[cfg(feature = "count-alloc")]
+        fams.push(
+            "corecast_heap_allocations_total",
+            "Heap allocations since start (the count-alloc build's counting allocator).",
+            MetricType::COUNTER,
+            vec![label("port", &self.port)],
+            crate::perf::alloc::allocations() as f64,
+        );
     }
 
     fn shard_families(&self, fams: &mut Families) {

@@ -31,6 +31,19 @@ pub enum Data<'a> {
     Json(&'a str),
 }
 
+/// Wasted work on the encode path (about 20 instructions per byte of the frame), there only
+/// so `tests/perf.sh --prove-it-bites` can show the regression check fails on it.
+#[cfg(feature = "perf-slowdown")]
+fn slowdown(buf: &[u8]) {
+    let mut sum = 0u64;
+    for _ in 0..4 {
+        for &b in buf {
+            sum = std::hint::black_box(sum.rotate_left(5) ^ u64::from(b));
+        }
+    }
+    std::hint::black_box(sum);
+}
+
 /// Encodes an event into a complete text frame.
 #[must_use]
 pub fn event_frame(msg: &EventFrame<'_>) -> Bytes {
@@ -46,6 +59,8 @@ pub fn event_frame(msg: &EventFrame<'_>) -> Bytes {
         Data::Str(s) => push_json_str(&mut buf, s),
         Data::Json(j) => buf.extend_from_slice(j.as_bytes()),
     }
+    #[cfg(feature = "perf-slowdown")]
+    slowdown(&buf);
     if let Some(user_id) = msg.user_id {
         buf.extend_from_slice(b",\"user_id\":");
         push_json_str(&mut buf, user_id);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use monoio::io::{AsyncWriteRentExt, Canceller};
 
-use crate::ws::{self, Conn, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
+use super::ws::{self, Conn, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
 
 /// Per connection: connect, upgrade, subscribe.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(15);

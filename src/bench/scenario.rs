@@ -10,16 +10,16 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::args::{Args, Scenario};
-use crate::clients::{self, End, Msg, OPEN_TIMEOUT, Plan, Shared, ThreadReport};
-use crate::publish::{self, PubPlan};
-use crate::server::{Sample, Server, machine_busy_s, scrape, self_cpu_s};
+use super::args::{Args, Scenario};
+use super::clients::{self, End, Msg, OPEN_TIMEOUT, Plan, Shared, ThreadReport};
+use super::publish::{self, PubPlan};
+use super::server::{Sample, Server, machine_busy_s, scrape, self_cpu_s};
 
 /// How long the client threads get to report after `stop`.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Figures of one run, in print order, plus what looked wrong.
-#[derive(Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RunResult {
     pub figures: Vec<(&'static str, f64)>,
     /// Server misbehaviour and client-side trouble, in words.
@@ -55,10 +55,10 @@ pub fn baseline(args: &Args, per_s: f64, r: &mut RunResult) -> Result<(), String
         } else {
             "flat out".to_string()
         },
-        crate::baseline::delivery_frame(args).len(),
+        super::baseline::delivery_frame(args).len(),
         args.duration.as_secs_f64()
     );
-    let b = crate::baseline::run(args, per_s)?;
+    let b = super::baseline::run(args, per_s)?;
     let per_write = b.cpu_us_per_write();
     r.put("baseline_frame_bytes", b.frame_bytes as f64);
     r.put("baseline_target_writes_per_s", b.target_per_s.round());
@@ -344,6 +344,28 @@ fn drain_tail(args: &Args, shared: &Shared) -> Drain {
     }
 }
 
+/// Waits until `end`, with a progress line on stderr once a second: time measured and
+/// deliveries received so far.
+fn progress(shared: &Shared, window: Duration, end: Instant) {
+    let start = end.checked_sub(window).unwrap_or(end);
+    let received_at_start = shared.received.load(Ordering::Relaxed);
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        std::thread::sleep((end - now).min(Duration::from_secs(1)));
+        let got = shared.received.load(Ordering::Relaxed) - received_at_start;
+        let secs = start.elapsed().as_secs_f64().min(window.as_secs_f64());
+        eprint!(
+            "\r  measuring {secs:5.1} / {:.1} s: {got} deliveries ({:.0}/s)   ",
+            window.as_secs_f64(),
+            got as f64 / secs.max(0.001)
+        );
+    }
+    eprintln!();
+}
+
 fn sleep_until(t: Instant) {
     std::thread::sleep(t.saturating_duration_since(Instant::now()));
 }
@@ -527,11 +549,29 @@ fn delivery(
         args.duration.as_secs_f64()
     );
     sleep_until(shared.base + Duration::from_nanos(win_start_ns));
+    let counting = match (args.system_counts, server.metrics_port) {
+        (true, Some(port)) => Some(super::counts::Counting::start(
+            &args.perf_bin,
+            server.pid,
+            port,
+            &args.log_dir,
+        )?),
+        _ => None,
+    };
     let snap_a = snap_all(server, cross.as_ref())?;
     let (a, self_a) = (snap_a.server, snap_a.self_cpu_s);
-    sleep_until(shared.base + Duration::from_nanos(win_end_ns));
+    progress(
+        &shared,
+        args.duration,
+        shared.base + Duration::from_nanos(win_end_ns),
+    );
     let snap_b = snap_all(server, cross.as_ref())?;
     let (b, self_b) = (snap_b.server, snap_b.self_cpu_s);
+    if let Some(c) = counting {
+        for (name, v) in c.finish()? {
+            r.put(name, v);
+        }
+    }
     let publishing = pub_rx.recv_timeout(Duration::from_secs(20));
     let drain = drain_tail(args, &shared);
     if drain.cut {

@@ -1,7 +1,8 @@
-//! End-to-end load generator that measures the server's own cost.
+//! `corecast bench`: the load generator shipped with the server, measuring the server's
+//! own cost.
 //!
-//! `cargo build --release && cargo bench --bench loadgen -- [options]` (see `--help`).
-//! Each run starts a fresh `corecast start` (`--server-bin`), waits for `GET /ready`,
+//! `corecast bench [options]` (see `corecast bench --help`). Each run starts a fresh
+//! `corecast start` (this binary, or `--server-bin`), waits for `GET /ready`,
 //! runs one scenario, reads the server's CPU time and RSS from `/proc` around the
 //! measured window, stops the server, and prints a summary and one `RESULT {json}`
 //! line with the median of every figure over `--runs`.
@@ -14,7 +15,9 @@
 //! - `clients`: client threads (one monoio runtime each) that open connections in
 //!   waves and read deliveries: latency, loss, reordering.
 //! - `publish`: signed REST publishes over keep-alive connections, paced or flat out.
-//! - `scenario`: `delivery`, `memory`, `connect`, `crossnode`, `baseline`.
+//! - `scenario`: `fanout` (alias `delivery`), `memory`, `connect`, `crossnode`, `baseline`.
+//! - `counts`: `--system-counts`: syscalls, io_uring submissions, allocations and bytes
+//!   written per delivery.
 //! - `baseline`: the kernel-only fan-out (one thread, blocking `write()` per
 //!   delivery on loopback sockets) whose CPU per write the server's CPU per
 //!   delivery is read against (`--baseline`, after the server of each run stopped).
@@ -25,19 +28,22 @@
 //! CPU of all three, and the nodes' `/metrics` counters (published to / received from
 //! Redis, dropped) after the drain. Every process is stopped at the end of each run.
 
-#[path = "loadgen/args.rs"]
 mod args;
-#[path = "loadgen/baseline.rs"]
+
 mod baseline;
-#[path = "loadgen/clients.rs"]
+
 mod clients;
-#[path = "loadgen/publish.rs"]
+mod counts;
+
+mod profile;
 mod publish;
-#[path = "loadgen/scenario.rs"]
+mod report;
+
 mod scenario;
-#[path = "loadgen/server.rs"]
+
 mod server;
-#[path = "loadgen/ws.rs"]
+mod sweep;
+
 mod ws;
 
 use std::collections::BTreeMap;
@@ -53,15 +59,16 @@ use server::{Exit, Server};
 /// Descriptors beyond one per connection: publishers, io_uring, std streams, logs.
 const FD_HEADROOM: u64 = 64;
 
-fn main() -> ExitCode {
-    let args = match Args::parse(std::env::args().skip(1)) {
+/// `corecast bench ARGS`.
+pub fn main(raw: Vec<String>) -> ExitCode {
+    let args = match Args::parse(raw) {
         Ok(a) => a,
         Err(e) if e.is_empty() => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("loadgen: {e}\n{USAGE}");
+            eprintln!("corecast bench: {e}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
@@ -71,10 +78,13 @@ fn main() -> ExitCode {
         needed = needed.max(2 * args.connections as u64 + FD_HEADROOM);
     }
     if let Err(e) = server::ensure_fd_limit(needed) {
-        eprintln!("loadgen: {e}");
+        eprintln!("corecast bench: {e}");
         return ExitCode::from(2);
     }
 
+    if args.sweep {
+        return run_sweep(&args);
+    }
     let mut results: Vec<RunResult> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
     for k in 0..args.runs {
@@ -92,19 +102,103 @@ fn main() -> ExitCode {
                 results.push(r);
             }
             Err(e) => {
-                eprintln!("loadgen: run {} failed: {e}", k + 1);
+                eprintln!("corecast bench: run {} failed: {e}", k + 1);
                 failures.push(format!("run {}: {e}", k + 1));
             }
         }
     }
-    report(&args, &results, &failures);
+    let out = report(&args, &results, &failures);
+    let mut ok = failures.is_empty() && !results.is_empty();
+    if let Some(path) = &args.profile {
+        match profile::section_of_run(&out) {
+            Some(_) if !ok => {
+                eprintln!("corecast bench: a run failed; the profile is left as it was");
+            }
+            Some((name, section)) => {
+                if let Err(e) = profile::write(path, name, section) {
+                    eprintln!("corecast bench: {e}");
+                    ok = false;
+                }
+            }
+            None => eprintln!(
+                "corecast bench: --scenario {} has no profile section",
+                args.scenario.name()
+            ),
+        }
+    }
     // Leftover threads (a stuck client) must not keep the process alive.
-    let code = if failures.is_empty() && !results.is_empty() {
-        0
+    std::process::exit(if ok { 0 } else { 1 })
+}
+
+/// `--sweep`: fan-out runs at rising rates; the JSON (or a table), the profile section
+/// and the HTML report.
+fn run_sweep(args: &Args) -> ExitCode {
+    let points = sweep::run(args, |a| {
+        let r = run_once(a, 0)?;
+        print_run(&r);
+        Ok(r)
+    });
+    let out = sweep::json(args, &points);
+    if args.json {
+        println!("{out:#}");
     } else {
-        1
-    };
-    std::process::exit(code)
+        println!();
+        println!(
+            "corecast bench --sweep | shards {} | connections {} | channels {} | p99 target {} ms",
+            args.shards, args.connections, args.channels, args.p99_ms
+        );
+        println!(
+            "  {:>12} {:>12} {:>9} {:>9} {:>11} {:>6}  result",
+            "asked/s", "delivered/s", "p50 ms", "p99 ms", "CPU us/dlv", "lost"
+        );
+        for p in &points {
+            let f = |n: &str| {
+                p.figures
+                    .figures
+                    .iter()
+                    .find(|x| x.0 == n)
+                    .map_or(f64::NAN, |x| x.1)
+            };
+            println!(
+                "  {:>12} {:>12.0} {:>9.2} {:>9.2} {:>11.2} {:>6.0}  {} ({})",
+                p.target_per_s,
+                f("deliveries_per_s"),
+                f("latency_p50_us") / 1000.0,
+                f("latency_p99_us") / 1000.0,
+                f("server_cpu_us_per_delivery"),
+                f("lost"),
+                if p.held { "held" } else { "missed" },
+                p.why
+            );
+        }
+        match out["highest_sustained_deliveries_per_s"].as_u64() {
+            Some(r) => println!(
+                "  highest rate held: {r} deliveries/s at {:.2} us CPU per delivery",
+                out["cpu_us_per_delivery_at_highest"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN)
+            ),
+            None => println!("  no rate was held within the target"),
+        }
+    }
+    let mut ok = out["highest_sustained_deliveries_per_s"].is_u64();
+    if let Some(path) = &args.report {
+        match std::fs::write(path, report::html(&out)) {
+            Ok(()) => eprintln!("corecast bench: report written to {}", path.display()),
+            Err(e) => {
+                eprintln!("corecast bench: {}: {e}", path.display());
+                ok = false;
+            }
+        }
+    }
+    if let Some(path) = &args.profile
+        && ok
+        && let Err(e) = profile::write(path, "fanout", profile::section_of_sweep(&out))
+    {
+        eprintln!("corecast bench: {e}");
+        ok = false;
+    }
+    std::process::exit(if ok { 0 } else { 1 })
 }
 
 /// One fresh server, one scenario, server stopped whatever happened.
@@ -128,7 +222,23 @@ fn run_once(args: &Args, k: usize) -> Result<RunResult, String> {
         args.port = free_ports::<1>()?[0];
     }
     let args = &args;
-    let mut server = Server::spawn(args, args.port, &tag, &[])?;
+    // --system-counts reads the server's own counters from its metrics port.
+    let metrics_port = if args.system_counts {
+        Some(free_ports::<1>()?[0])
+    } else {
+        None
+    };
+    let env: Vec<(&str, String)> = metrics_port
+        .map(|port| {
+            vec![
+                ("SOKETI_METRICS_ENABLED", "true".to_string()),
+                ("SOKETI_METRICS_HOST", "127.0.0.1".to_string()),
+                ("SOKETI_METRICS_SERVER_PORT", port.to_string()),
+            ]
+        })
+        .unwrap_or_default();
+    let mut server = Server::spawn(args, args.port, &tag, &env)?;
+    server.metrics_port = metrics_port;
     let outcome = server.wait_ready().and_then(|ready| {
         eprintln!(
             "  server pid {} ready in {} ms",
@@ -347,8 +457,11 @@ const HEADLINE: &[&str] = &[
     "connections_failed",
 ];
 
-/// Median per figure, a human table, and the `RESULT` line.
-fn report(args: &Args, results: &[RunResult], failures: &[String]) {
+/// Median per figure: a human table and the `RESULT` line, or with `--json` the JSON
+/// object alone on stdout (the table then goes to stderr). Returns the JSON.
+fn report(args: &Args, results: &[RunResult], failures: &[String]) -> Value {
+    use std::fmt::Write as _;
+    let mut table = String::new();
     let mut values: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let order: Vec<&str> = results
         .first()
@@ -359,7 +472,6 @@ fn report(args: &Args, results: &[RunResult], failures: &[String]) {
             values.entry(n).or_default().push(*v);
         }
     }
-    println!();
     let what = match args.scenario {
         Scenario::Delivery | Scenario::Crossnode | Scenario::Baseline => format!(
             "channels {} | rate {} | payload {} B",
@@ -367,8 +479,9 @@ fn report(args: &Args, results: &[RunResult], failures: &[String]) {
         ),
         _ => format!("channels {} | batch {}", args.channels, args.batch),
     };
-    println!(
-        "loadgen {} | shards {} | connections {} | {what} | {} of {} run(s) ok",
+    let _ = writeln!(
+        table,
+        "corecast bench {} | shards {} | connections {} | {what} | {} of {} run(s) ok",
         args.scenario.name(),
         args.shards,
         args.connections,
@@ -381,19 +494,24 @@ fn report(args: &Args, results: &[RunResult], failures: &[String]) {
         let m = median_of(vs);
         let each: Vec<String> = vs.iter().map(|v| fmt_num(*v)).collect();
         if vs.len() > 1 {
-            println!("  {n:<34} {:>14}   runs: {}", fmt_num(m), each.join(", "));
+            let _ = writeln!(
+                table,
+                "  {n:<34} {:>14}   runs: {}",
+                fmt_num(m),
+                each.join(", ")
+            );
         } else {
-            println!("  {n:<34} {:>14}", fmt_num(m));
+            let _ = writeln!(table, "  {n:<34} {:>14}", fmt_num(m));
         }
         median.insert(n.to_string(), num_json(m));
     }
     for (i, r) in results.iter().enumerate() {
         for note in &r.notes {
-            println!("  ! ok run {}: {note}", i + 1);
+            let _ = writeln!(table, "  ! ok run {}: {note}", i + 1);
         }
     }
     for f in failures {
-        println!("  ! FAILED {}", f.lines().next().unwrap_or(""));
+        let _ = writeln!(table, "  ! FAILED {}", f.lines().next().unwrap_or(""));
     }
     let per_run: Vec<Value> = results
         .iter()
@@ -423,12 +541,20 @@ fn report(args: &Args, results: &[RunResult], failures: &[String]) {
             "publishers": args.publishers,
             "server_bin": args.server_bin.display().to_string(),
             "baseline": args.baseline,
+            "system_counts": args.system_counts,
         },
         "median": median,
         "per_run": per_run,
         "failures": failures,
     });
-    println!("RESULT {out}");
+    if args.json {
+        eprint!("{table}");
+        println!("{out:#}");
+    } else {
+        print!("\n{table}");
+        println!("RESULT {out}");
+    }
+    out
 }
 
 fn median_of(vs: &[f64]) -> f64 {

@@ -19,8 +19,8 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelHandle, Canceller};
 use monoio::net::TcpStream;
 
-use crate::clients::{OPEN_TIMEOUT, Shared};
-use crate::ws::{self, Conn, OP_CLOSE, OP_TEXT, find};
+use super::clients::{OPEN_TIMEOUT, Shared};
+use super::ws::{self, Conn, OP_CLOSE, OP_TEXT, find};
 
 /// One request and its response.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

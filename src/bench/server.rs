@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::args::Args;
+use super::args::Args;
 
 /// How long the server may take to answer `GET /ready` with 200.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);

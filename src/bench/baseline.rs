@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::args::Args;
+use super::args::Args;
 
 /// Writing before the measured window (socket buffers, page cache, frequency).
 const WARMUP_MAX: Duration = Duration::from_secs(1);

@@ -22,7 +22,7 @@ pub enum Scenario {
 impl Scenario {
     pub fn name(self) -> &'static str {
         match self {
-            Scenario::Delivery => "delivery",
+            Scenario::Delivery => "fanout",
             Scenario::Memory => "memory",
             Scenario::Connect => "connect",
             Scenario::Crossnode => "crossnode",
@@ -87,13 +87,35 @@ pub struct Args {
     pub link_timeout: Duration,
     /// Delivery: after each run, measure the kernel-only fan-out baseline.
     pub baseline: bool,
+    /// Print one JSON object on stdout instead of the table (progress stays on stderr).
+    pub json: bool,
+    /// Fan-out: count the server's syscalls and io_uring submissions (`perf stat` on
+    /// the kernel's tracepoints), allocations and bytes written over the measured window.
+    pub system_counts: bool,
+    /// `perf`, for `--system-counts`.
+    pub perf_bin: PathBuf,
+    /// Fan-out: step the rate up until p99 latency passes `p99_ms` or a delivery is lost.
+    pub sweep: bool,
+    /// The sweep's latency target.
+    pub p99_ms: f64,
+    /// The sweep's first rate, in deliveries per second; each step doubles it until the
+    /// target is missed, then halves the step between the last good and the first bad.
+    pub sweep_start_per_s: u64,
+    /// Runs after the first missed rate, each halving the gap to the last rate held.
+    pub sweep_steps: usize,
+    /// The sweep's highest rate (0: none; the sweep stops doubling there).
+    pub sweep_max_per_s: u64,
+    /// Write the figures `corecast plan` reads (fan-out sweep, memory, connect) here.
+    pub profile: Option<PathBuf>,
+    /// Write a self-contained HTML report (SVG charts) of a sweep here.
+    pub report: Option<PathBuf>,
 }
 
 pub const USAGE: &str = "\
-usage: cargo bench --bench loadgen -- [options]
-  --scenario delivery|memory|connect|crossnode|baseline   (default delivery)
-  --server-bin PATH      (default target/release/corecast)
-  --port N               (default 6101; 0 = a free port per run;
+usage: corecast bench [options]
+  --scenario fanout|memory|connect|crossnode|baseline   (default fanout; delivery = fanout)
+  --server-bin PATH      the server to start (default: this corecast binary)
+  --port N               (default 0 = a free port per run;
                           crossnode: node A on N, node B on N+1)
   --shards N             CORECAST_SHARDS per node (crossnode 1, others 2)
   --connections N        (delivery 2000, memory 19000, connect 5000, crossnode 1000)
@@ -110,11 +132,25 @@ usage: cargo bench --bench loadgen -- [options]
   --client-threads N     (default 1)
   --publishers N         keep-alive REST connections (default 4)
   --app-id S --app-key S --app-secret S   (default app-id, app-key, app-secret)
-  --log-dir PATH         server logs (default target/loadgen)
+  --log-dir PATH         server logs (default $TMPDIR/corecast-bench)
   --redis-bin PATH       crossnode: redis-server to start on a free port (default redis-server)
   --link-timeout SECS    crossnode: wait for a probe to cross A -> B (default 30)
   --baseline             delivery: after each run (server stopped), measure the
                          machine's cost of the bare kernel work of the fan-out
+  --json                 one JSON object on stdout (progress lines stay on stderr)
+  --system-counts        fanout: syscalls, io_uring submissions, heap allocations and
+                         bytes written per delivery over the measured window (perf stat
+                         on raw_syscalls:sys_enter and io_uring:io_uring_submit_req;
+                         allocations need a server built with --features count-alloc)
+  --perf-bin PATH        perf for --system-counts (default perf)
+  --sweep                fanout: raise the delivery rate until p99 latency passes
+                         --p99-ms or a delivery is lost; report the highest rate held
+  --p99-ms MS            the sweep's latency target (default 10)
+  --sweep-start N        the sweep's first rate, deliveries/s (default 10000)
+  --sweep-steps N        runs after the first failure, halving the gap (default 3)
+  --sweep-max N          highest rate to try, deliveries/s (default none)
+  --profile PATH         write the measured figures for `corecast plan --profile PATH`
+  --report PATH          with --sweep: a self-contained HTML report with SVG charts
 
 crossnode: one redis-server and two nodes with SOKETI_ADAPTER_DRIVER=redis and
 metrics on free ports; subscribers on node B only, REST publishes on node A only,
@@ -144,8 +180,11 @@ impl Args {
             if arg == "--help" || arg == "-h" {
                 return Err(String::new());
             }
-            if arg == "--baseline" {
-                pairs.push(("baseline".into(), "true".into()));
+            if let Some(flag) = ["baseline", "json", "system-counts", "sweep"]
+                .iter()
+                .find(|f| arg.strip_prefix("--") == Some(**f))
+            {
+                pairs.push(((*flag).into(), "true".into()));
                 continue;
             }
             let Some(name) = arg.strip_prefix("--") else {
@@ -162,7 +201,7 @@ impl Args {
         let scenario = match pairs.iter().rev().find(|(n, _)| n == "scenario") {
             None => Scenario::Delivery,
             Some((_, v)) => match v.as_str() {
-                "delivery" => Scenario::Delivery,
+                "fanout" | "delivery" => Scenario::Delivery,
                 "memory" => Scenario::Memory,
                 "connect" => Scenario::Connect,
                 "crossnode" => Scenario::Crossnode,
@@ -178,8 +217,8 @@ impl Args {
         };
         let mut a = Args {
             scenario,
-            server_bin: PathBuf::from("target/release/corecast"),
-            port: 6101,
+            server_bin: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("corecast")),
+            port: 0,
             shards,
             connections,
             channels,
@@ -197,10 +236,20 @@ impl Args {
             app_id: "app-id".into(),
             app_key: "app-key".into(),
             app_secret: "app-secret".into(),
-            log_dir: PathBuf::from("target/loadgen"),
+            log_dir: std::env::temp_dir().join("corecast-bench"),
             redis_bin: PathBuf::from("redis-server"),
             link_timeout: Duration::from_secs(30),
             baseline: scenario == Scenario::Baseline,
+            json: false,
+            system_counts: false,
+            perf_bin: PathBuf::from("perf"),
+            sweep: false,
+            p99_ms: 10.0,
+            sweep_start_per_s: 10_000,
+            sweep_steps: 3,
+            sweep_max_per_s: 0,
+            profile: None,
+            report: None,
         };
         for (name, v) in pairs {
             match name.as_str() {
@@ -227,6 +276,16 @@ impl Args {
                 "log-dir" => a.log_dir = PathBuf::from(v),
                 "redis-bin" => a.redis_bin = PathBuf::from(v),
                 "link-timeout" => a.link_timeout = secs(&name, &v)?,
+                "json" => a.json = flag(&name, &v)?,
+                "system-counts" => a.system_counts = flag(&name, &v)?,
+                "perf-bin" => a.perf_bin = PathBuf::from(v),
+                "sweep" => a.sweep = flag(&name, &v)?,
+                "p99-ms" => a.p99_ms = num(&name, &v)?,
+                "sweep-start" => a.sweep_start_per_s = num(&name, &v)?,
+                "sweep-steps" => a.sweep_steps = num(&name, &v)?,
+                "sweep-max" => a.sweep_max_per_s = num(&name, &v)?,
+                "profile" => a.profile = Some(PathBuf::from(v)),
+                "report" => a.report = Some(PathBuf::from(v)),
                 "baseline" => {
                     a.baseline = match v.as_str() {
                         "true" | "1" | "yes" => true,
@@ -255,6 +314,19 @@ impl Args {
         if a.baseline && !matches!(a.scenario, Scenario::Delivery | Scenario::Baseline) {
             return Err("--baseline goes with --scenario delivery".into());
         }
+        let fanout_only = [("system-counts", a.system_counts), ("sweep", a.sweep)];
+        if let Some((n, _)) = fanout_only
+            .iter()
+            .find(|(_, on)| *on && a.scenario != Scenario::Delivery)
+        {
+            return Err(format!("--{n} goes with --scenario fanout"));
+        }
+        if a.report.is_some() && !a.sweep {
+            return Err("--report draws a sweep: add --sweep".into());
+        }
+        if a.p99_ms.is_nan() || a.p99_ms <= 0.0 || a.sweep_start_per_s == 0 {
+            return Err("--p99-ms and --sweep-start must be positive".into());
+        }
         if a.link_timeout.is_zero() {
             return Err("--link-timeout must be positive".into());
         }
@@ -271,6 +343,14 @@ impl Args {
 fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
     v.parse()
         .map_err(|_| format!("--{name}: not a number: {v:?}"))
+}
+
+fn flag(name: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("--{name}: not a boolean: {v:?}")),
+    }
 }
 
 fn secs(name: &str, v: &str) -> Result<Duration, String> {
