@@ -130,7 +130,10 @@ fn start(file: &ConfigFile) -> ExitCode {
     let signals = corecast::signals::block_termination();
     match corecast::server::start(config) {
         Ok(server) => {
-            eprintln!("corecast: listening on {}", server.addr);
+            match server.addr {
+                Some(addr) => eprintln!("corecast: listening on {addr}"),
+                None => eprintln!("corecast: worker: sending queued webhooks"),
+            }
             let signal = corecast::signals::wait(&signals);
             eprintln!("corecast: {signal}: stopping");
             server.shutdown();

@@ -1,5 +1,6 @@
 //! Starting the server: build the app table, the ring mesh, the webhook sender and the
-//! metrics registry, start one shard per core, and stop them gracefully.
+//! metrics registry, start one shard per core, and stop them gracefully. In worker mode
+//! (`SOKETI_MODE=worker`) only the webhook sender and the metrics server run.
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use std::thread::JoinHandle;
 
 use crate::app::AppTable;
 use crate::app::manager::{self, Mailbox, ManagerSettings, ManagerStats, ShardClient};
-use crate::config::{AdapterDriver, Config};
+use crate::config::{AdapterDriver, Config, Mode};
 use crate::fanout::{self, InboxWaker};
 use crate::metrics::{self, MetricsServer, Registry, Sample, ShardMetrics};
 use crate::redis::bridge::{self, BridgeStats};
@@ -18,8 +19,9 @@ use crate::webhooks::{AppHooks, WebhookSettings, Webhooks};
 
 /// A running server: its shards' threads and the address they listen on.
 pub struct Server {
-    /// The bound address (useful when the port was 0).
-    pub addr: SocketAddr,
+    /// The bound address (useful when the port was 0); `None` for a worker, which has no
+    /// WebSocket or REST listener.
+    pub addr: Option<SocketAddr>,
     threads: Vec<JoinHandle<()>>,
     state: Arc<ServerState>,
     wakers: Vec<InboxWaker>,
@@ -79,8 +81,12 @@ impl Server {
     }
 }
 
-/// Starts every shard and returns once all of them listen.
+/// Starts every shard and returns once all of them listen; a worker starts only its
+/// webhook sender.
 pub fn start(config: Config) -> io::Result<Server> {
+    if config.mode == Mode::Worker {
+        return start_worker(config);
+    }
     let shards = config.shards.max(1);
     // Port 0: every shard binds the one port the kernel picks here, held until they have.
     let reservation = reserve_port(&config)?;
@@ -229,7 +235,7 @@ pub fn start(config: Config) -> io::Result<Server> {
         None
     };
     Ok(Server {
-        addr,
+        addr: Some(addr),
         threads,
         state,
         wakers,
@@ -239,6 +245,39 @@ pub fn start(config: Config) -> io::Result<Server> {
         bridge,
         bridge_stats,
         app_manager,
+    })
+}
+
+/// A worker: the webhook sender consuming the redis queue, and the metrics server. Jobs
+/// carry their signed requests, so it needs no app table.
+fn start_worker(config: Config) -> io::Result<Server> {
+    let config = Arc::new(config);
+    let webhooks = Webhooks::start(Vec::new(), WebhookSettings::from_config(&config))?;
+    let metrics = if config.metrics_enabled {
+        let mut registry = Registry::new(&config.metrics_prefix, 0, Vec::new(), Vec::new());
+        let hooks = webhooks.clone();
+        registry.add_source(Box::new(move || webhook_samples(&hooks)));
+        let server = metrics::serve(
+            Arc::new(registry),
+            &config.metrics_host,
+            config.metrics_port,
+        )?;
+        eprintln!("corecast: metrics on {}", server.addr);
+        Some(server)
+    } else {
+        None
+    };
+    Ok(Server {
+        addr: None,
+        threads: Vec::new(),
+        state: Arc::new(ServerState::default()),
+        wakers: Vec::new(),
+        webhooks,
+        metrics,
+        config,
+        bridge: None,
+        bridge_stats: Arc::new(BridgeStats::default()),
+        app_manager: None,
     })
 }
 
@@ -305,6 +344,73 @@ fn webhook_samples(hooks: &Webhooks) -> Vec<Sample> {
             "corecast_webhook_suppressed_total",
             "Webhook events dropped by the vacate grace: a vacate and the return within it.",
             s.suppressed as f64,
+        ),
+    ]
+    .into_iter()
+    .chain(
+        hooks
+            .queue_counts()
+            .map(queue_samples)
+            .into_iter()
+            .flatten(),
+    )
+    .collect()
+}
+
+/// The redis queue's counters as `corecast_webhook_queue_*` series.
+fn queue_samples(q: crate::webhooks::QueueCounts) -> Vec<Sample> {
+    let c = |name, help, v: u64| Sample::counter(name, help, v as f64);
+    let g = |name, help, v: u64| Sample::gauge(name, help, v as f64);
+    vec![
+        g(
+            "corecast_webhook_queue_up",
+            "1 while the queue's Redis connection is up.",
+            q.up,
+        ),
+        c(
+            "corecast_webhook_queue_appended_total",
+            "Webhook events appended to the queue.",
+            q.appended,
+        ),
+        c(
+            "corecast_webhook_queue_append_failures_total",
+            "Appends to the queue that failed and were retried.",
+            q.append_failures,
+        ),
+        g(
+            "corecast_webhook_queue_depth",
+            "Jobs in the queue's partition streams (XLEN), all nodes'.",
+            q.depth,
+        ),
+        g(
+            "corecast_webhook_queue_dead_letters",
+            "Jobs in the dead-letter stream (XLEN).",
+            q.dead_depth,
+        ),
+        c(
+            "corecast_webhook_queue_dead_letters_total",
+            "Jobs this node moved to the dead-letter stream.",
+            q.dead_letters,
+        ),
+        c(
+            "corecast_webhook_queue_retries_total",
+            "Retries of queued jobs by this node.",
+            q.retries,
+        ),
+        c(
+            "corecast_webhook_queue_claimed_total",
+            "Pending jobs this node claimed when it took a partition over.",
+            q.claimed,
+        ),
+        g(
+            "corecast_webhook_queue_partitions_owned",
+            "Queue partitions this node sends.",
+            q.owned,
+        ),
+        c(
+            "corecast_webhook_queue_acked_total",
+            "Queued jobs this node delivered and acknowledged.",
+            q.acked,
         ),
     ]
 }

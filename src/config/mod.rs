@@ -15,6 +15,7 @@
 //!   PascalCase, snake_case).
 //! - `app_manager.rs`: where apps come from (array, MySQL, PostgreSQL).
 //! - `webhook.rs`: an app's webhook list.
+//! - `queue.rs`: `mode` and the webhook queue (`queue.*`).
 //! - `value.rs`: typed readers for env text and JSON values.
 //! - `error.rs`: [`ConfigError`].
 
@@ -23,6 +24,7 @@ mod app_fields;
 mod app_manager;
 pub mod env;
 mod error;
+mod queue;
 pub mod report;
 mod settings;
 mod value;
@@ -33,6 +35,7 @@ use std::time::Duration;
 pub use app::AppConfig;
 pub use app_manager::{AppManagerConfig, AppManagerDriver, DbConfig, is_app_column};
 pub use error::ConfigError;
+pub use queue::{Mode, QueueConfig, QueueDriver};
 pub use webhook::{WebhookConfig, WebhookEvent, WebhookFilter};
 
 use app::AppDefaults;
@@ -123,6 +126,10 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Where apps come from: the array of `apps`, or a MySQL or PostgreSQL table.
     pub app_manager: AppManagerConfig,
+    /// `SOKETI_MODE`: full, server or worker; full.
+    pub mode: Mode,
+    /// Where webhook jobs wait: `sync` (memory) or `redis` (durable streams).
+    pub queue: QueueConfig,
 }
 
 /// Which adapter carries messages between nodes.
@@ -281,6 +288,8 @@ impl Default for Config {
             member_removed_delay: Duration::ZERO,
             tls: TlsConfig::default(),
             app_manager: AppManagerConfig::default(),
+            mode: Mode::Full,
+            queue: QueueConfig::default(),
         }
     }
 }
@@ -421,6 +430,7 @@ impl Builder {
         if array && self.apps.is_empty() {
             return Err(ConfigError::NoApps);
         }
+        queue::check(self.config.mode, &self.config.queue)?;
         let redis = &self.config.redis;
         if redis.cluster_mode && !redis.sentinels.is_empty() {
             return Err(ConfigError::Conflict {

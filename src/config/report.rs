@@ -9,7 +9,9 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{AdapterDriver, AppConfig, Config, ConfigError, config_path, env, settings};
+use super::{
+    AdapterDriver, AppConfig, Config, ConfigError, QueueDriver, config_path, env, settings,
+};
 
 /// What a masked value prints as; nothing of the value is kept.
 pub const MASK: &str = "****";
@@ -488,6 +490,15 @@ fn effective(c: &Config, key: &str) -> Option<Option<String>> {
             "local"
         }),
         "database.redis.sentinelPassword" => c.redis.sentinel_password.clone(),
+        "mode" => s(c.mode.name()),
+        "queue.driver" => s(match c.queue.driver {
+            QueueDriver::Sync => "sync",
+            QueueDriver::Redis => "redis",
+        }),
+        "queue.redis.partitions" => n(&c.queue.partitions),
+        "queue.redis.claimTimeoutMs" => millis(c.queue.claim_timeout),
+        "queue.redis.maxAttempts" => n(&c.queue.max_attempts),
+        "queue.redis.maxLength" => n(&c.queue.max_length),
         _ => {
             let field = key.strip_prefix("appManager.array.apps.0.")?;
             return c.apps.first().and_then(|app| app_value(app, field));
@@ -635,13 +646,17 @@ mod tests {
 
     #[test]
     fn ignored_options_are_marked() {
-        let r = report(None, &[("SOKETI_QUEUE_DRIVER", "redis")]);
-        let queue = line(&r, "SOKETI_QUEUE_DRIVER");
+        let r = report(None, &[("SOKETI_QUEUE_REDIS_CONCURRENCY", "4")]);
+        let queue = line(&r, "SOKETI_QUEUE_REDIS_CONCURRENCY");
         assert!(queue.ignored.is_some_and(|n| n.starts_with("ignored")));
         assert_eq!(
             (queue.value.as_deref(), queue.source),
-            (Some("redis"), Source::Env)
+            (Some("4"), Source::Env)
         );
+        let r = report(None, &[("SOKETI_QUEUE_DRIVER", "redis")]);
+        let driver = line(&r, "SOKETI_QUEUE_DRIVER");
+        assert!(driver.ignored.is_none());
+        assert_eq!(driver.value.as_deref(), Some("redis"));
         assert!(line(&r, "SOKETI_PORT").ignored.is_none());
     }
 }

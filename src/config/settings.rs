@@ -10,7 +10,7 @@ use super::value::{self, Raw};
 use super::{AdapterDriver, Builder, ConfigError, IoDriverChoice};
 
 /// Soketi options corecast accepts and ignores: a key equal to one of these or below it.
-/// They configure subsystems corecast does not have (the DynamoDB app manager, queues, the
+/// They configure subsystems corecast does not have (the DynamoDB app manager, SQS queues, the
 /// cluster/NATS adapters, caches, CORS), so they change nothing here. The app manager's own
 /// options and its SQL databases are read in `app_manager.rs`.
 const IGNORED: &[&str] = &[
@@ -24,7 +24,10 @@ const IGNORED: &[&str] = &[
     "cors",
     "httpApi.acceptTraffic",
     "instance",
-    "queue",
+    "queue.redis.clusterMode",
+    "queue.redis.concurrency",
+    "queue.redis.redisOptions",
+    "queue.sqs",
     "rateLimiter",
     "webhooks.maxRetries",
 ];
@@ -41,12 +44,6 @@ impl Builder {
             "port" => c.port = value::port(&raw, o)?,
             "debug" => c.debug = value::boolean(&raw, o)?,
             "pathPrefix" => c.path_prefix = value::string(&raw, o)?,
-            "mode" => one_of(
-                &raw,
-                o,
-                &["full", "server"],
-                "there are no queue workers; use full or server",
-            )?,
             "shards" => c.shards = value::size(&raw, o, 1)?,
             "ioDriver" => {
                 let name = value::string(&raw, o)?;
@@ -143,6 +140,10 @@ impl Builder {
             "eventLimits.maxPayloadInKb" => d.event_max_payload_kb = value::float(&raw, o, 0.0)?,
             "eventLimits.maxBatchSize" => d.event_max_batch_size = value::size(&raw, o, 1)?,
             _ => {
+                let (mode, queue) = (&mut self.config.mode, &mut self.config.queue);
+                if super::queue::apply(mode, queue, key, &raw, o)? {
+                    return Ok(());
+                }
                 if self.config.app_manager.apply(key, &raw, o)? {
                     return Ok(());
                 }

@@ -108,7 +108,12 @@ const CASES: &[(&str, &str, Check)] = &[
     ("SOKETI_METRICS_HOST", "127.0.0.1", |c| c.metrics_host == "127.0.0.1"),
     ("SOKETI_METRICS_PROMETHEUS_PREFIX", "cc_", |c| c.metrics_prefix == "cc_"),
     ("SOKETI_METRICS_SERVER_PORT", "9700", |c| c.metrics_port == 9700),
-    ("SOKETI_MODE", "server", |c| c.port == 6001),
+    ("SOKETI_MODE", "server", |c| c.mode == crate::config::Mode::Server),
+    ("SOKETI_QUEUE_DRIVER", "redis", |c| c.queue.driver == crate::config::QueueDriver::Redis),
+    ("CORECAST_WEBHOOK_QUEUE_PARTITIONS", "4", |c| c.queue.partitions == 4),
+    ("CORECAST_WEBHOOK_QUEUE_CLAIM_TIMEOUT_MS", "1500", |c| c.queue.claim_timeout == Duration::from_millis(1500)),
+    ("CORECAST_WEBHOOK_QUEUE_MAX_ATTEMPTS", "2", |c| c.queue.max_attempts == 2),
+    ("CORECAST_WEBHOOK_QUEUE_MAX_LENGTH", "50", |c| c.queue.max_length == 50),
     ("SOKETI_PATH_PREFIX", "/ws", |c| c.path_prefix == "/ws"),
     ("SOKETI_PORT", "7001", |c| c.port == 7001),
     ("SOKETI_PRESENCE_MAX_MEMBERS", "5", |c| c.apps[0].max_presence_members_per_channel == 5),
@@ -217,7 +222,8 @@ fn nothing_set_gives_soketi_defaults_and_one_app() {
 fn every_env_var_sets_its_option() {
     for &(name, text, check) in CASES {
         assert!(
-            !check(&Config::default()) || name.ends_with("_DRIVER") || name == "SOKETI_MODE",
+            !check(&Config::default())
+                || name.ends_with("_DRIVER") && name != "SOKETI_QUEUE_DRIVER",
             "{name}: case must observe a change"
         );
         let config = load(None, &[(name, text)]).unwrap_or_else(|e| panic!("{name}={text}: {e}"));
@@ -329,13 +335,13 @@ fn indexed_app_keys_add_and_patch_apps() {
 
 #[test]
 fn ignored_soketi_options_are_accepted() {
-    let file = r#"{"queue.driver": "redis", "cors": {"origin": ["*"]}, "cluster.port": 11002,
+    let file = r#"{"queue.sqs": {"region": "x"}, "cors": {"origin": ["*"]}, "cluster.port": 11002,
         "appManager.mysql": {"table": "apps"}, "adapter.redis.redisPubOptions": {}, "rateLimiter.redis.clusterMode": true}"#;
     assert!(
         load(
             Some(file),
             &[
-                ("SOKETI_QUEUE_DRIVER", "sqs"),
+                ("SOKETI_QUEUE_REDIS_CONCURRENCY", "3"),
                 ("SOKETI_ADAPTER_NATS_PREFIX", "n")
             ]
         )
@@ -359,7 +365,10 @@ const ERROR_CASES: &[ErrorCase] = &[
     (None, &[("SOKETI_DEFAULT_APP_WEBHOOKS", "[{")], "SOKETI_DEFAULT_APP_WEBHOOKS is not valid JSON"),
     (None, &[("SOKETI_ADAPTER_DRIVER", "nats")], "SOKETI_ADAPTER_DRIVER: \"nats\" is not supported"),
     (None, &[("SOKETI_APP_MANAGER_DRIVER", "dynamodb")], "SOKETI_APP_MANAGER_DRIVER: \"dynamodb\" is not supported by corecast (DynamoDB"),
-    (None, &[("SOKETI_MODE", "worker")], "SOKETI_MODE: \"worker\" is not supported"),
+    (None, &[("SOKETI_MODE", "worker")], "mode and queue.driver cannot be used together: a worker sends queued webhooks"),
+    (None, &[("SOKETI_MODE", "queue")], "invalid value for SOKETI_MODE: \"queue\" (expected full, server or worker)"),
+    (None, &[("SOKETI_QUEUE_DRIVER", "sqs")], "SOKETI_QUEUE_DRIVER: \"sqs\" is not supported"),
+    (None, &[("CORECAST_WEBHOOK_QUEUE_PARTITIONS", "0")], "invalid value for CORECAST_WEBHOOK_QUEUE_PARTITIONS: \"0\""),
     (None, &[("SOKETI_ADAPTER_REDIS_CLUSTER_MODE", "yes")], "invalid value for SOKETI_ADAPTER_REDIS_CLUSTER_MODE: \"yes\""),
     (None, &[("SOKETI_DB_REDIS_CLUSTER_NODES", r#"["s"]"#)], "invalid value for SOKETI_DB_REDIS_CLUSTER_NODES.0: \"s\" (expected \"host:port\")"),
     (None, &[("SOKETI_DB_REDIS_CLUSTER_NODES", r#"[{"host":"s","port":70000}]"#)], "invalid value for SOKETI_DB_REDIS_CLUSTER_NODES.0.port: 70000"),

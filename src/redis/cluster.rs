@@ -221,6 +221,15 @@ fn key_of<A: AsRef<[u8]>>(args: &[A]) -> Option<&[u8]> {
             .then(|| args.get(2).map(AsRef::as_ref))
             .flatten();
     }
+    if is("XGROUP") {
+        return args.get(2).map(AsRef::as_ref);
+    }
+    if is("XREADGROUP") {
+        let streams = args
+            .iter()
+            .position(|a| a.as_ref().eq_ignore_ascii_case(b"STREAMS"))?;
+        return args.get(streams + 1).map(AsRef::as_ref);
+    }
     if is("PUBLISH") || is("PING") || is("INFO") || is("COMMAND") || is("CLUSTER") {
         return None;
     }

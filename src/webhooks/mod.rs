@@ -33,10 +33,12 @@
 //! - `schedule.rs`: attempts, backoff and the in-flight bound (sans-IO).
 //! - `shared.rs`: the wake-up, stop request and counters shared with the sender thread.
 //! - `sender.rs`: the thread, its monoio runtime, and the HTTP attempt.
+//! - `queue/`: the durable queue in Redis streams (`SOKETI_QUEUE_DRIVER=redis`).
 
 mod batch;
 mod event;
 mod grace;
+pub mod queue;
 mod request;
 mod route;
 mod schedule;
@@ -54,6 +56,7 @@ use arc_swap::{ArcSwap, Guard};
 
 pub use batch::{Batch, Batcher, MAX_BATCH_EVENTS, encode_body, signature};
 pub use event::Event;
+pub use queue::{QueueCounts, QueueSettings};
 pub use request::UrlError;
 
 use crate::config::{AppConfig, Config, WebhookConfig, WebhookEvent};
@@ -113,6 +116,8 @@ pub struct WebhookSettings {
     /// How long `channel_vacated` and `member_removed` wait for a return that cancels
     /// them (`CORECAST_WEBHOOK_VACATE_DELAY_MS`); zero sends them at once.
     pub vacate_delay: Duration,
+    /// The durable queue (`SOKETI_QUEUE_DRIVER=redis`); `None` sends from memory.
+    pub queue: Option<QueueSettings>,
 }
 
 impl WebhookSettings {
@@ -130,6 +135,7 @@ impl WebhookSettings {
             max_in_flight: 64,
             max_in_flight_per_hook: 16,
             vacate_delay: Duration::ZERO,
+            queue: None,
         }
     }
 
@@ -140,6 +146,7 @@ impl WebhookSettings {
             batching: config.webhooks_batching,
             batching_window: config.webhooks_batching_duration,
             vacate_delay: config.webhook_vacate_delay,
+            queue: QueueSettings::from_config(config),
             ..Self::new()
         }
     }
@@ -190,6 +197,8 @@ struct Handle {
     /// and of the publications agree.
     apps: Mutex<Vec<Option<AppHooks>>>,
     max_queue: usize,
+    /// Whether the sender uses the redis queue.
+    queue: bool,
     /// How long the sender may finish its work when every handle is dropped unstopped.
     drop_grace: Duration,
     /// Joined by the first `flush_and_stop`.
@@ -204,11 +213,12 @@ impl Drop for Handle {
 
 impl Webhooks {
     /// Starts the sender thread (its own monoio runtime) for these apps (index = app index
-    /// in the config's app list). Without any webhook, returns [`Webhooks::disabled`], on
-    /// which [`Webhooks::set_app`] does nothing: an app table filled or changed at run time
-    /// needs [`Webhooks::start_dynamic`].
+    /// in the config's app list). Without any webhook, and without a queue to consume,
+    /// returns [`Webhooks::disabled`], on which [`Webhooks::set_app`] does nothing: an
+    /// app table filled or changed at run time needs [`Webhooks::start_dynamic`].
     pub fn start(apps: Vec<AppHooks>, settings: WebhookSettings) -> io::Result<Webhooks> {
-        if apps.iter().all(|a| a.hooks.is_empty()) {
+        let consumes = settings.queue.as_ref().is_some_and(|q| q.consume);
+        if !consumes && apps.iter().all(|a| a.hooks.is_empty()) {
             return Ok(Self::disabled());
         }
         Self::launch(apps, settings)
@@ -231,6 +241,7 @@ impl Webhooks {
             routes: ArcSwap::from_pointee(routes),
             apps: Mutex::new(apps.iter().cloned().map(Some).collect()),
             max_queue: settings.max_queue,
+            queue: settings.queue.is_some(),
             drop_grace: settings.request_timeout,
             thread: Mutex::new(None),
         };
@@ -344,6 +355,13 @@ impl Webhooks {
         self.inner
             .as_ref()
             .map_or_else(WebhookStats::default, |h| h.shared.stats())
+    }
+
+    /// The redis queue's counters, `None` with the sync driver or when disabled.
+    #[must_use]
+    pub fn queue_counts(&self) -> Option<QueueCounts> {
+        let h = self.inner.as_ref()?;
+        h.queue.then(|| h.shared.queue.counts())
     }
 
     /// Stops taking events and tries to deliver what is queued within `grace`, without

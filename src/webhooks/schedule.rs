@@ -103,18 +103,32 @@ impl Scheduler {
         }
     }
 
-    /// Queues a new delivery of `request`, carrying `events` events, to webhook `hook`.
-    pub fn add(&mut self, hook: usize, request: Bytes, events: usize) {
-        let Some(queue) = self.ready.get_mut(hook) else {
-            return;
-        };
+    /// Queues a new delivery of `request`, carrying `events` events, to webhook `hook`;
+    /// returns its id (as [`Start::id`]), `None` for an unknown webhook.
+    pub fn add(&mut self, hook: usize, request: Bytes, events: usize) -> Option<usize> {
+        self.add_after(hook, request, events, 0)
+    }
+
+    /// Like [`Scheduler::add`] for a delivery that already had `attempts` attempts
+    /// elsewhere (a queued job taken over from another node): it gets what is left of the
+    /// attempt budget, at least one.
+    pub fn add_after(
+        &mut self,
+        hook: usize,
+        request: Bytes,
+        events: usize,
+        attempts: u32,
+    ) -> Option<usize> {
+        let queue = self.ready.get_mut(hook)?;
+        let attempts = attempts.min(self.policy.max_attempts.saturating_sub(1));
         let id = self.deliveries.insert(Delivery {
             hook,
             request,
             events,
-            attempts: 0,
+            attempts,
         });
         queue.push_back(id);
+        Some(id)
     }
 
     /// The next attempt to start at `now`, if one is waiting and slots are free: in all

@@ -27,6 +27,9 @@ use monoio::net::TcpStream;
 
 use super::batch::{Batch, Batcher, encode_body, signature};
 use super::grace::{Grace, Offered};
+use super::queue::consume::Consumer;
+use super::queue::io::State;
+use super::queue::wire;
 use super::request::{HttpTarget, MalformedResponse, UrlError, build_request, parse_status};
 use super::route::Routes;
 use super::schedule::{Policy, Resolution, Scheduler, Start};
@@ -36,6 +39,8 @@ use super::{AppHooks, Event, WebhookSettings};
 /// A webhook as the sender needs it.
 struct Hook {
     url: String,
+    /// The app's id, carried by queued jobs for logs.
+    app: String,
     secret: String,
     /// Request line and body-independent headers, rendered once.
     head: Vec<u8>,
@@ -57,7 +62,10 @@ pub(crate) fn spawn(
         .spawn(move || {
             run_runtime(&ready_tx, move || async move {
                 let hooks = apps.iter().flat_map(hooks).collect();
-                Sender::new(hooks, settings, shared, jobs).run().await;
+                Sender::new(hooks, settings, shared, jobs)
+                    .with_queue()
+                    .run()
+                    .await;
             });
         })?;
     match ready_rx.recv() {
@@ -120,6 +128,7 @@ fn hooks(app: &AppHooks) -> impl Iterator<Item = Hook> + '_ {
         };
         Hook {
             url: config.url.clone(),
+            app: app.app_id.clone(),
             secret: app.secret.clone(),
             head,
             target: target.map(Rc::new),
@@ -130,7 +139,7 @@ fn hooks(app: &AppHooks) -> impl Iterator<Item = Hook> + '_ {
 
 /// Why an attempt did not get a status code.
 #[derive(Debug, thiserror::Error)]
-enum AttemptError {
+pub(crate) enum AttemptError {
     #[error("connect failed: {0}")]
     Connect(io::Error),
     #[error("i/o error: {0}")]
@@ -145,13 +154,13 @@ enum AttemptError {
 
 /// Results of finished attempts, handed from their tasks to the loop.
 #[derive(Default)]
-struct Finished {
-    results: RefCell<Vec<(usize, Result<u16, AttemptError>)>>,
+pub(crate) struct Finished {
+    pub(crate) results: RefCell<Vec<(usize, Result<u16, AttemptError>)>>,
     waker: RefCell<Option<Waker>>,
 }
 
 impl Finished {
-    fn push(&self, id: usize, result: Result<u16, AttemptError>) {
+    pub(crate) fn push(&self, id: usize, result: Result<u16, AttemptError>) {
         self.results.borrow_mut().push((id, result));
         if let Some(waker) = self.waker.borrow_mut().take() {
             waker.wake();
@@ -174,6 +183,10 @@ struct Sender {
     /// `channel_vacated` / `member_removed` waiting out their grace.
     grace: Grace,
     finished: Rc<Finished>,
+    /// With the redis queue: its tasks' state (batches are appended, not sent).
+    queue: Option<Rc<State>>,
+    /// With the redis queue on a consuming node: the jobs read from it.
+    consumer: Option<Consumer>,
 }
 
 impl Sender {
@@ -202,7 +215,22 @@ impl Sender {
             closed: false,
             stash: RefCell::new(None),
             finished: Rc::default(),
+            queue: None,
+            consumer: None,
         }
+    }
+
+    /// Starts the queue's tasks when `settings` has one (inside the runtime).
+    fn with_queue(mut self) -> Self {
+        if let Some(q) = self.settings.queue.clone() {
+            let state = State::new(q, Arc::clone(&self.shared));
+            state.spawn();
+            if state.settings.consume {
+                self.consumer = Some(Consumer::new(Rc::clone(&state), &self.settings));
+            }
+            self.queue = Some(state);
+        }
+        self
     }
 
     async fn run(mut self) {
@@ -224,20 +252,27 @@ impl Sender {
                 self.batcher.poll_due(now, |b| ready.push(b));
             }
             for batch in ready {
-                self.deliver(batch);
+                self.deliver(batch, None);
             }
             while let Some(start) = self.scheduler.poll_start(now) {
                 self.start(start);
             }
+            if let Some(c) = &mut self.consumer {
+                c.take();
+                c.take_results(now);
+                c.start_due(now, stop.is_some());
+            }
             if let Some(deadline) = stop
-                && (now >= deadline || self.scheduler.is_idle())
+                && (now >= deadline || self.idle())
             {
+                self.close_queue(deadline).await;
                 return;
             }
             let wake_at = [
                 self.batcher.next_deadline(),
                 self.scheduler.next_deadline(),
                 self.grace.next_deadline(),
+                self.consumer.as_ref().and_then(Consumer::next_deadline),
                 stop,
             ]
             .into_iter()
@@ -245,6 +280,30 @@ impl Sender {
             .min();
             self.wait(wake_at, stop.is_some()).await;
         }
+    }
+
+    /// Nothing left to do before exiting: no local delivery, nothing waiting to be
+    /// appended, no attempt of a queued job running.
+    fn idle(&self) -> bool {
+        self.scheduler.is_idle()
+            && self.queue.as_ref().is_none_or(|q| q.flushed())
+            && self.consumer.as_ref().is_none_or(|c| c.running() == 0)
+    }
+
+    /// Lets the queue's command task flush and give the leases back, until `deadline`.
+    async fn close_queue(&self, deadline: Instant) {
+        let Some(q) = &self.queue else { return };
+        q.closing.set(true);
+        q.wake_commander();
+        q.wake_reader();
+        let closed = poll_fn(|cx| {
+            if q.closed.get() {
+                return Poll::Ready(());
+            }
+            *q.loop_waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        });
+        let _ = monoio::time::timeout_at(deadline.into(), closed).await;
     }
 
     /// Handles every queued job, in order: events go to their webhooks' batches.
@@ -312,6 +371,7 @@ impl Sender {
     /// Puts `event` in the batch of each of `app`'s webhooks `routes` name for it (the
     /// routes its copies were counted under).
     fn route(&mut self, app: usize, event: &Event, routes: &Routes, now: Instant) {
+        let channel = event.channel();
         let mut encoded: Option<Bytes> = None;
         for hook in routes.matching(app, event.kind(), event.channel()) {
             if self.hooks.get(hook).is_none_or(|h| h.target.is_err()) {
@@ -321,20 +381,42 @@ impl Sender {
             }
             let event = encoded.get_or_insert_with(|| event.encode()).clone();
             if let Some(batch) = self.batcher.push(hook, event, now) {
-                self.deliver(batch);
+                self.deliver(batch, Some(channel));
             }
         }
     }
 
-    /// Turns a batch into a signed request and queues its delivery.
-    fn deliver(&mut self, batch: Batch) {
+    /// Turns a batch into a signed request and queues its delivery, or with the redis
+    /// queue its append. `channel`: the channel of a batch of one event, which orders it
+    /// per channel in the queue (batches of many are ordered per webhook).
+    fn deliver(&mut self, batch: Batch, channel: Option<&str>) {
         let hook = &self.hooks[batch.hook];
         let time_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let body = encode_body(time_ms, &batch.events);
         let request = build_request(&hook.head, &signature(&hook.secret, &body), &body);
-        self.scheduler
+        if let Some(q) = &self.queue
+            && q.settings.enqueue
+        {
+            let key = match channel.filter(|_| batch.events.len() == 1) {
+                Some(ch) => format!("{}\n{ch}", hook.url),
+                None => hook.url.clone(),
+            };
+            let partition = wire::partition_for(key.as_bytes(), q.settings.partitions);
+            let job = wire::Job {
+                url: hook.url.clone(),
+                request: Bytes::from(request),
+                key: Bytes::from(key),
+                events: batch.events.len(),
+                app: hook.app.clone(),
+            };
+            q.appends.borrow_mut().push_back((partition, job));
+            q.wake_commander();
+            return;
+        }
+        let _ = self
+            .scheduler
             .add(batch.hook, Bytes::from(request), batch.events.len());
     }
 
@@ -394,10 +476,24 @@ impl Sender {
     /// Sleeps until a job or a result comes in, a stop is requested, or `until`.
     async fn wait(&self, until: Option<Instant>, stopping: bool) {
         let ready = poll_fn(|cx| {
-            if !self.finished.results.borrow().is_empty() {
+            let consumed = self
+                .consumer
+                .as_ref()
+                .is_some_and(|c| !c.finished.results.borrow().is_empty());
+            let queue_woke = self
+                .queue
+                .as_ref()
+                .is_some_and(|q| q.loop_woken.replace(false));
+            if !self.finished.results.borrow().is_empty() || consumed || queue_woke {
                 return Poll::Ready(());
             }
             *self.finished.waker.borrow_mut() = Some(cx.waker().clone());
+            if let Some(c) = &self.consumer {
+                *c.finished.waker.borrow_mut() = Some(cx.waker().clone());
+            }
+            if let Some(q) = &self.queue {
+                *q.loop_waker.borrow_mut() = Some(cx.waker().clone());
+            }
             self.shared.waker.register(cx.waker());
             self.shared.sleeping.store(true, Ordering::SeqCst);
             let has_job = !self.closed
@@ -427,7 +523,7 @@ impl Sender {
 }
 
 /// One attempt: connect, send `request`, read the status code.
-async fn post(target: &HttpTarget, request: Bytes) -> Result<u16, AttemptError> {
+pub(crate) async fn post(target: &HttpTarget, request: Bytes) -> Result<u16, AttemptError> {
     let mut stream = TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(AttemptError::Connect)?;

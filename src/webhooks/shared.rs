@@ -48,6 +48,8 @@ pub struct Shared {
     pub unsupported: AtomicU64,
     /// Event copies dropped by the vacate grace (a vacate and the return within it).
     pub suppressed: AtomicU64,
+    /// The redis queue's counters (all zero with the sync driver).
+    pub queue: super::queue::QueueStats,
 }
 
 impl Shared {

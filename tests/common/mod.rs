@@ -2,6 +2,7 @@
 //! client over a real TCP socket, so tests see exactly what a client sees.
 #![allow(dead_code)]
 
+pub mod queue;
 pub mod receiver;
 pub mod redis_server;
 pub mod rest;
@@ -68,6 +69,22 @@ impl Drop for Server {
 /// start-up lines. A port found free by a probe and passed to the server could be taken
 /// in between by another test's server: with `SO_REUSEPORT` both would then share it.
 pub fn start(shards: usize, env: &[(&str, &str)]) -> Server {
+    spawn(shards, env, false)
+}
+
+/// Starts `corecast start` in worker mode (`SOKETI_MODE=worker`, metrics on) and waits
+/// for its metrics port and its "sending queued webhooks" line; `port` is 0, as a
+/// worker has no WebSocket or REST listener.
+pub fn start_worker(env: &[(&str, &str)]) -> Server {
+    let mut all = vec![
+        ("SOKETI_MODE", "worker"),
+        ("SOKETI_METRICS_ENABLED", "true"),
+    ];
+    all.extend_from_slice(env);
+    spawn(1, &all, true)
+}
+
+fn spawn(shards: usize, env: &[(&str, &str)], worker: bool) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_corecast"));
     cmd.arg("start")
         .env("SOKETI_PORT", "0")
@@ -94,6 +111,9 @@ pub fn start(shards: usize, env: &[(&str, &str)]) -> Server {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(line.clone());
+            if line == "corecast: worker: sending queued webhooks" {
+                let _ = tx.send(("main", 0));
+            }
             for (tag, what) in [
                 ("corecast: listening on ", "main"),
                 ("corecast: metrics on ", "metrics"),
@@ -133,6 +153,9 @@ pub fn start(shards: usize, env: &[(&str, &str)]) -> Server {
         child,
         log,
     };
+    if worker {
+        return server;
+    }
     loop {
         if let Ok((status, body)) = http(port, "GET", "/ready", &[], b"")
             && status == 200

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -48,6 +49,12 @@ pub type Requests = Arc<Mutex<Vec<Received>>>;
 
 /// Starts a receiver on a port the kernel picks; its port and what it received.
 pub fn start() -> (u16, Requests) {
+    start_failing(Arc::new(AtomicUsize::new(0)))
+}
+
+/// Like [`start`], but the next `fail` requests (as the counter says when each comes;
+/// `usize::MAX` for "until told otherwise") are answered 500 and not kept.
+pub fn start_failing(fail: Arc<AtomicUsize>) -> (u16, Requests) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let requests: Requests = Arc::new(Mutex::new(Vec::new()));
@@ -56,6 +63,19 @@ pub fn start() -> (u16, Requests) {
         for mut stream in listener.incoming().flatten() {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
             let received = read_request(&mut stream);
+            let failing = fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+                    0 => None,
+                    usize::MAX => Some(usize::MAX),
+                    n => Some(n - 1),
+                })
+                .is_ok();
+            if failing {
+                let _ = stream.write_all(
+                    b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                continue;
+            }
             let _ = stream
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             if let Some(r) = received {
