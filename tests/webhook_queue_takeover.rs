@@ -67,6 +67,6 @@ fn another_node_sends_the_webhooks_of_a_killed_node() {
         );
     }
     queue::assert_signed(&seen);
-    // The lease (1.5 s) expires, b's next round (every 0.5 s) takes it.
+    // The lease (1.5 s) expires, b's next round (every 0.5 s: a third of it) takes it.
     assert!(took < Duration::from_secs(10), "took over after {took:?}");
 }

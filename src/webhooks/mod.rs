@@ -7,6 +7,11 @@
 //! (`X-Pusher-Signature` = hex HMAC-SHA256 of the body with the app secret, `X-Pusher-Key` =
 //! app key) and POSTs it, retrying failures with capped exponential backoff.
 //!
+//! With the redis queue (`SOKETI_QUEUE_DRIVER=redis`, [`WebhookSettings::queue`]) the
+//! signed requests are appended to Redis streams instead of sent, and the thread also
+//! sends the jobs of the partitions it leases, from any node (see [`queue`]). Worker
+//! mode runs this thread alone.
+//!
 //! Counts are per event copy: an event two webhooks want counts twice. Batches to one
 //! webhook may arrive out of order when one is retried; receivers can order by `time_ms`.
 //!

@@ -31,6 +31,8 @@ use crate::webhooks::shared::Shared;
 const BATCH: usize = 256;
 /// Jobs held by the loop (read, not yet resolved) past which the reader pauses.
 const MAX_HELD: usize = 2048;
+/// Longest time between two lease rounds (and depth readings).
+const LEASE_ROUND: Duration = Duration::from_secs(1);
 /// `MAXLEN ~` of the dead-letter stream.
 const DEAD_MAX_LENGTH: &str = "100000";
 
@@ -151,7 +153,10 @@ async fn wait_for(slot: &RefCell<Option<Waker>>, timeout: Duration, ready: impl 
     let _ = monoio::time::timeout(timeout, wait).await;
 }
 
+/// Connects (with back-off) and makes sure the consumer group exists; logs the first
+/// failure of a series only.
 async fn connect(state: &State, backoff: &mut Backoff) -> Link {
+    let mut logged = false;
     loop {
         match Link::connect(&state.settings.at).await {
             Ok(mut link) => {
@@ -160,7 +165,10 @@ async fn connect(state: &State, backoff: &mut Backoff) -> Link {
                 return link;
             }
             Err(e) => {
-                eprintln!("corecast: webhook queue: cannot connect to Redis: {e}");
+                if !logged {
+                    eprintln!("corecast: webhook queue: cannot connect to Redis: {e}; retrying");
+                    logged = true;
+                }
                 monoio::time::sleep(backoff.next_delay()).await;
             }
         }
@@ -199,7 +207,8 @@ fn b(s: &str) -> Bytes {
 async fn command_task(state: Rc<State>) {
     let mut backoff = Backoff::new(Duration::from_secs(2));
     let stats = &state.shared.queue;
-    let tick_every = (state.settings.claim_timeout / 3).max(Duration::from_millis(100));
+    let tick_every =
+        (state.settings.claim_timeout / 3).clamp(Duration::from_millis(100), LEASE_ROUND);
     let mut next_tick = Instant::now();
     let mut link: Option<Link> = None;
     loop {

@@ -1,6 +1,7 @@
 //! Partition leases: which node consumes which partition stream.
 //!
-//! One Lua script, run by every consuming node every third of the claim timeout, does the
+//! One Lua script, run by every consuming node every second (or every third of the claim
+//! timeout if shorter), does the
 //! bookkeeping atomically on Redis's clock: it renews the node's heartbeat in the
 //! consumers set (dropping those whose heartbeat expired), computes the fair share
 //! `ceil(partitions / live consumers)`, renews the node's leases, gives back those beyond

@@ -8,7 +8,8 @@
 //! one event; the URL alone with batching on). Every node reads them in the consumer group
 //! `corecast`, as consumer `{hostname}-{pid}-{start time}`. A partition is consumed by one
 //! node at a time, the one holding its lease (`lease.rs`): leases live in the hash
-//! `{prefix}{corecast:webhooks}:owners` and are renewed every third of the claim timeout;
+//! `{prefix}{corecast:webhooks}:owners` and are renewed every second (every third of the claim timeout if that is shorter), so
+//! a partition given back is taken within a second;
 //! nodes share the partitions evenly. Jobs given up go to the dead-letter stream
 //! `{prefix}{corecast:webhooks}:dead`, with the error and the attempts. All keys carry one
 //! hash tag, so a Redis Cluster keeps them on one master.
