@@ -67,6 +67,16 @@ fn another_node_sends_the_webhooks_of_a_killed_node() {
         );
     }
     queue::assert_signed(&seen);
+    // a's attempts all failed, so b sent each job once: claimed jobs are not read again.
+    wait_until("b acknowledged 20 jobs", Duration::from_secs(5), || {
+        metric(&b, "corecast_webhook_queue_acked_total") == 20.0
+    });
+    assert_eq!(
+        receiver::events(&seen).len(),
+        20,
+        "{:?}",
+        receiver::events(&seen)
+    );
     // The lease (1.5 s) expires, b's next round (every 0.5 s: a third of it) takes it.
     assert!(took < Duration::from_secs(10), "took over after {took:?}");
 }

@@ -384,21 +384,23 @@ async fn tick(state: &State, link: &mut Link, stop: bool) -> Result<(), RedisErr
                 .collect(),
             _ => Vec::new(),
         };
+        // Partitions lost are dropped at once; one gained is handed to the reader only
+        // once its pending jobs are claimed, so the claim (idle time 0) never takes a
+        // job the reader just read. A claim that fails leaves it out, to retry next round.
         let before = state.owned.borrow().clone();
+        let kept: Vec<u16> = before.iter().copied().filter(|p| now.contains(p)).collect();
         let gained: Vec<u16> = now
             .iter()
             .copied()
             .filter(|p| !before.contains(p))
             .collect();
-        if now != before {
-            stats.owned.store(now.len() as u64, Ordering::Relaxed);
-            *state.owned.borrow_mut() = now;
-            state.owned_changes.set(state.owned_changes.get() + 1);
-            state.wake_reader();
-        }
+        set_owned(state, kept);
         if !stop {
             for p in gained {
                 claim(state, link, p).await?;
+                let mut owned = state.owned.borrow().clone();
+                owned.push(p);
+                set_owned(state, owned);
             }
         }
     }
@@ -419,6 +421,18 @@ async fn tick(state: &State, link: &mut Link, stop: bool) -> Result<(), RedisErr
         .store(parts.iter().map(len).sum(), Ordering::Relaxed);
     stats.dead_depth.store(dead, Ordering::Relaxed);
     Ok(())
+}
+
+/// Records the partitions owned now, telling the loop and the reader when they change.
+fn set_owned(state: &State, owned: Vec<u16>) {
+    if *state.owned.borrow() == owned {
+        return;
+    }
+    let stats = &state.shared.queue;
+    stats.owned.store(owned.len() as u64, Ordering::Relaxed);
+    *state.owned.borrow_mut() = owned;
+    state.owned_changes.set(state.owned_changes.get() + 1);
+    state.wake_reader();
 }
 
 /// Takes over partition `p`'s pending jobs, oldest first, for the loop.
