@@ -133,7 +133,7 @@ const SOKETI_ENV: &[(&str, &str)] = &[
     ("SOKETI_DEFAULT_APP_SECRET", "s3cr3t-value"),
     ("SOKETI_DB_REDIS_PASSWORD", "hunter2"),
     ("SOKETI_ADAPTER_DRIVER", "redis"),
-    ("SOKETI_QUEUE_DRIVER", "redis"),
+    ("SOKETI_CACHE_DRIVER", "redis"),
     // Empty counts as unset, as in Soketi.
     ("SOKETI_PATH_PREFIX", ""),
 ];
@@ -201,14 +201,14 @@ fn config_prints_effective_values_and_their_sources() {
         ),
         ("SOKETI_PATH_PREFIX", "pathPrefix", "(unset)", "default"),
         ("SOKETI_SSL_PASS", "ssl.passphrase", "(unset)", "default"),
-        ("SOKETI_QUEUE_DRIVER", "queue.driver", "redis", "env"),
+        ("SOKETI_CACHE_DRIVER", "cache.driver", "redis", "env"),
     ];
     for (name, key, value, source) in expect {
         let cells = row(t, name);
         assert_eq!(&cells[..4], [name, key, value, source], "{name}");
     }
-    let queue = row(t, "SOKETI_QUEUE_DRIVER");
-    assert!(queue[4].starts_with("ignored"), "{queue:?}");
+    let cache = row(t, "SOKETI_CACHE_DRIVER");
+    assert!(cache[4].starts_with("ignored"), "{cache:?}");
     assert_eq!(row(t, "SOKETI_PORT").len(), 4, "not marked ignored");
     assert_eq!(row(t, "0"), ["0", "a1", "k1", "****", "file+env"]);
     assert_eq!(row(t, "1"), ["1", "a2", "k2", "****", "file"]);
@@ -244,7 +244,7 @@ fn config_json_has_the_same_content() {
     assert_eq!(find("SOKETI_METRICS_SERVER_PORT")["source"], "file");
     assert_eq!(find("SOKETI_DEFAULT_APP_SECRET")["value"], "****");
     assert_eq!(find("SOKETI_DEFAULT_APP_SECRET")["secret"], true);
-    assert_eq!(find("SOKETI_QUEUE_DRIVER")["ignored"], true);
+    assert_eq!(find("SOKETI_CACHE_DRIVER")["ignored"], true);
     assert_eq!(find("SOKETI_PORT")["ignored"], false);
     assert!(find("SOKETI_SSL_PASS")["value"].is_null());
     let apps = v["apps"].as_array().expect("apps");
