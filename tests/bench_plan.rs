@@ -1,7 +1,12 @@
 //! `corecast bench` and `corecast plan` as an operator runs them: a small fan-out run
 //! against a server `corecast bench` starts itself (this same binary), its `--json`
 //! output and `--profile` file, `corecast plan` on that profile and on a profile with
-//! known figures, and a sweep's HTML report rendered by headless Chromium.
+//! known figures, and a sweep's HTML report (with a memory curve) rendered by headless
+//! Chromium; an existing server (`--target`, with and without `--server-pid`), the
+//! client-events scenario, the memory curve (`--sizes`), and the options that do not go
+//! together.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -42,6 +47,16 @@ fn corecast(args: &[&str]) -> Output {
     out
 }
 
+/// `corecast bench ARGS`, whatever its exit status.
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_corecast"))
+        .arg("bench")
+        .args(args)
+        .env_remove("SOKETI_PORT")
+        .output()
+        .expect("run corecast bench")
+}
+
 fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -51,7 +66,25 @@ fn json_of(out: &Output) -> Value {
     })
 }
 
-/// A small fan-out: 40 connections on 4 channels, 40 events/s = 400 deliveries/s.
+/// 40 connections on 4 channels at 40 events/s: 400 deliveries/s for 1 s.
+const SMALL: &[&str] = &[
+    "--connections",
+    "40",
+    "--channels",
+    "4",
+    "--rate",
+    "40",
+    "--warmup",
+    "0.3",
+    "--duration",
+    "1",
+    "--drain",
+    "0.5",
+    "--publishers",
+    "2",
+];
+
+/// A small fan-out (`SMALL`) against a one-shard server the bench starts.
 fn small_fanout(log_dir: &Path, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "bench",
@@ -61,22 +94,9 @@ fn small_fanout(log_dir: &Path, extra: &[&str]) -> Vec<String> {
         "0",
         "--shards",
         "1",
-        "--connections",
-        "40",
-        "--channels",
-        "4",
-        "--rate",
-        "40",
-        "--warmup",
-        "0.3",
-        "--duration",
-        "1",
-        "--drain",
-        "0.5",
-        "--publishers",
-        "2",
     ]
     .iter()
+    .chain(SMALL)
     .map(|s| (*s).to_string())
     .collect();
     args.push("--log-dir".into());
@@ -283,6 +303,11 @@ fn sweep_report_renders_in_headless_chromium() {
             "--json",
             "--report",
             &report_arg,
+            // And the memory curve drawn in the same report.
+            "--sizes",
+            "40,120",
+            "--idle",
+            "0.3",
         ],
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -298,6 +323,13 @@ fn sweep_report_renders_in_headless_chromium() {
         "{sweep:#}"
     );
     assert!(sweep["cpu_us_per_delivery_at_highest"].as_f64().is_some());
+    let curve = &sweep["memory_curve"];
+    assert_eq!(
+        curve["points"].as_array().map(Vec::len),
+        Some(2),
+        "{curve:#}"
+    );
+    assert_eq!(curve["points"][1]["connections"], 120.0);
 
     let html = std::fs::read_to_string(&report).expect("report");
     assert!(
@@ -354,4 +386,221 @@ fn sweep_report_renders_in_headless_chromium() {
         "report screenshot {} bytes, blank page {blank_len}",
         png.len()
     );
+}
+
+/// `base`, then `more`, then `--json`.
+fn with<'a>(base: &[&'a str], more: &[&'a str]) -> Vec<&'a str> {
+    base.iter()
+        .chain(more)
+        .chain(&["--json"])
+        .copied()
+        .collect()
+}
+
+/// The JSON of a `corecast bench` run that must succeed.
+fn ok_json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "corecast bench failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_of(out)
+}
+
+fn assert_delivered(out: &Value) {
+    let m = &out["median"];
+    assert_eq!(out["runs_ok"], 1, "{out:#}");
+    assert_eq!(m["connections"], 40, "{out:#}");
+    assert_eq!(m["lost"], 0, "{out:#}");
+    assert_eq!(m["publish_errors"], 0, "{out:#}");
+    let deliveries = m["deliveries"].as_f64().expect("deliveries");
+    // 400 deliveries/s for 1 s; the paced sender may be a few events off.
+    assert!((300.0..=500.0).contains(&deliveries), "{deliveries}");
+    assert!(
+        m["latency_p99_us"].as_f64().is_some_and(|v| v > 0.0),
+        "{m:#}"
+    );
+}
+
+#[test]
+fn bench_measures_a_running_server_and_leaves_it_running() {
+    let dir = Dir::new("bench-target");
+    let mut server = common::start(1, &[]);
+    let url = format!("ws://127.0.0.1:{}", server.port);
+    let log = dir.0.display().to_string();
+
+    // Without its pid: deliveries and latency, no server CPU or memory.
+    let out = ok_json(&bench(&with(SMALL, &["--target", &url, "--log-dir", &log])));
+    assert_eq!(out["target"], url.as_str());
+    assert!(out["shards"].is_null(), "{out:#}");
+    assert_delivered(&out);
+    let m = &out["median"];
+    for absent in [
+        "server_cpu_us_per_delivery",
+        "server_cpu_pct",
+        "server_rss_bytes",
+    ] {
+        assert!(m[absent].is_null(), "{absent} without --server-pid: {m:#}");
+    }
+    let notes = out["per_run"][0]["notes"].to_string();
+    assert!(notes.contains("--server-pid"), "{notes}");
+    assert!(
+        server.running(),
+        "the bench must not stop a server it did not start"
+    );
+
+    // With it: the server's CPU per delivery and memory, read from /proc.
+    let pid = server.pid().to_string();
+    let out = ok_json(&bench(&with(
+        SMALL,
+        &["--target", &url, "--server-pid", &pid, "--log-dir", &log],
+    )));
+    assert_delivered(&out);
+    let m = &out["median"];
+    assert!(
+        m["server_cpu_us_per_delivery"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0),
+        "{m:#}"
+    );
+    assert!(
+        m["server_rss_bytes"].as_f64().is_some_and(|v| v > 1e6),
+        "{m:#}"
+    );
+    assert!(server.running());
+
+    // And the connect scenario against it, CPU per connection included.
+    let out = ok_json(&bench(&[
+        "--scenario",
+        "connect",
+        "--connections",
+        "200",
+        "--batch",
+        "100",
+        "--target",
+        &url,
+        "--server-pid",
+        &pid,
+        "--json",
+    ]));
+    assert_eq!(out["median"]["connections"], 200, "{out:#}");
+    assert!(out["median"]["server_cpu_us_per_connection"].is_number());
+    assert!(server.running());
+}
+
+#[test]
+fn client_events_reach_every_other_member_of_the_channel() {
+    let dir = Dir::new("bench-client-events");
+    let out = ok_json(&bench(&with(
+        SMALL,
+        &[
+            "--scenario",
+            "client-events",
+            "--shards",
+            "2",
+            "--log-dir",
+            &dir.0.display().to_string(),
+        ],
+    )));
+    assert_eq!(out["scenario"], "client-events");
+    assert_delivered(&out);
+    // One sender per channel sent 40 events/s in all for 1.3 s; each went to the 10
+    // receivers of its channel, never back to its sender.
+    let m = &out["median"];
+    let events = m["events_published"].as_f64().unwrap();
+    assert!((45.0..=60.0).contains(&events), "{m:#}");
+    assert_eq!(m["deliveries_total"], m["deliveries_expected"], "{m:#}");
+    assert_eq!(m["duplicated"], 0);
+    assert_eq!(m["reordered"], 0);
+    assert!(m["server_cpu_us_per_delivery"].is_number(), "{m:#}");
+}
+
+#[test]
+fn client_events_refused_by_the_app_fail_the_run_with_the_servers_answer() {
+    // The default app of a plain server does not allow client events (Soketi's default).
+    let server = common::start(1, &[]);
+    let url = format!("ws://127.0.0.1:{}", server.port);
+    let out = bench(&with(
+        SMALL,
+        &["--scenario", "client-events", "--target", &url],
+    ));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let failures = report["failures"].to_string();
+    assert!(failures.contains("accepted no event"), "{failures}");
+    assert!(failures.contains("4301"), "{failures}");
+}
+
+#[test]
+fn memory_curve_fits_bytes_per_connection_and_feeds_the_profile() {
+    let dir = Dir::new("bench-curve");
+    let profile = dir.0.join("profile.json");
+    let profile_arg = profile.display().to_string();
+    let out = ok_json(&bench(&[
+        "--scenario",
+        "memory",
+        "--sizes",
+        "300,900",
+        "--shards",
+        "1",
+        "--idle",
+        "0.5",
+        "--batch",
+        "300",
+        "--json",
+        "--log-dir",
+        &dir.0.display().to_string(),
+        "--profile",
+        &profile_arg,
+    ]));
+    let points = out["points"].as_array().expect("points");
+    assert_eq!(points.len(), 2, "{out:#}");
+    assert_eq!(points[0]["connections"], 300.0);
+    assert_eq!(points[1]["connections"], 900.0);
+    assert!(
+        points[1]["rss_bytes"].as_f64() > points[0]["rss_bytes"].as_f64(),
+        "{out:#}"
+    );
+    let fit = out["fit_bytes_per_connection"].as_f64().expect("fit");
+    // Far from exact at these sizes, but a connection costs kilobytes, not bytes or
+    // megabytes.
+    assert!((100.0..=100_000.0).contains(&fit), "{fit}");
+    let p: Value = serde_json::from_str(&std::fs::read_to_string(&profile).expect("profile"))
+        .expect("profile JSON");
+    assert_eq!(p["memory"]["rss_bytes_per_connection"].as_f64(), Some(fit));
+    assert_eq!(p["memory"]["curve"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn options_that_do_not_go_together_are_refused() {
+    for (args, says) in [
+        (
+            &["--target", "ws://127.0.0.1:1", "--shards", "2"][..],
+            "--shards describes a server the bench starts",
+        ),
+        (
+            &["--target", "ws://127.0.0.1:1", "--scenario", "memory"][..],
+            "needs --server-pid",
+        ),
+        (
+            &["--target", "wss://example.com:443"][..],
+            "TLS is not supported",
+        ),
+        (
+            &["--server-pid", "1"][..],
+            "--server-pid goes with --target",
+        ),
+        (
+            &["--target", "ws://127.0.0.1:1", "--scenario", "crossnode"][..],
+            "starts its own processes",
+        ),
+        (&["--sizes", "100,200"][..], "--sizes goes with"),
+    ] {
+        let out = bench(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 }

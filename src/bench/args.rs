@@ -1,5 +1,6 @@
 //! Command line options: `--name value` or `--name=value`, defaults per scenario.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -17,6 +18,9 @@ pub enum Scenario {
     Crossnode,
     /// No server: only the same-run baseline (see `--baseline`).
     Baseline,
+    /// Like `Delivery`, but the events are client events sent over WebSocket by one
+    /// member of each private channel, delivered to its other members.
+    ClientEvents,
 }
 
 impl Scenario {
@@ -27,6 +31,7 @@ impl Scenario {
             Scenario::Connect => "connect",
             Scenario::Crossnode => "crossnode",
             Scenario::Baseline => "baseline",
+            Scenario::ClientEvents => "client-events",
         }
     }
 
@@ -38,6 +43,7 @@ impl Scenario {
             Scenario::Connect => "conn",
             Scenario::Crossnode => "xnode",
             Scenario::Baseline => "bench",
+            Scenario::ClientEvents => "private-cev",
         }
     }
 }
@@ -109,11 +115,25 @@ pub struct Args {
     pub profile: Option<PathBuf>,
     /// Write a self-contained HTML report (SVG charts) of a sweep here.
     pub report: Option<PathBuf>,
+    /// An existing server to measure instead of one the bench starts (`--target
+    /// ws://host:port`), and the text given.
+    pub target: Option<(SocketAddr, String)>,
+    /// With `target`: the server's pid on this machine, for its CPU and memory.
+    pub server_pid: Option<i32>,
+    /// Memory: one run per connection count (the memory curve); with `--sweep`, the
+    /// same runs after the sweep, drawn in its report.
+    pub sizes: Vec<usize>,
 }
 
 pub const USAGE: &str = "\
 usage: corecast bench [options]
-  --scenario fanout|memory|connect|crossnode|baseline   (default fanout; delivery = fanout)
+  --scenario fanout|client-events|memory|connect|crossnode|baseline
+                         (default fanout; delivery = fanout)
+  --target ws://HOST:PORT  measure a running server instead of starting one (with
+                         --app-id/--app-key/--app-secret of one of its apps; fanout,
+                         client-events, connect, and memory with --server-pid)
+  --server-pid PID       with --target on this machine: read its CPU and memory
+                         from /proc (without it, no server CPU or memory figures)
   --server-bin PATH      the server to start (default: this corecast binary)
   --port N               (default 0 = a free port per run;
                           crossnode: node A on N, node B on N+1)
@@ -151,6 +171,15 @@ usage: corecast bench [options]
   --sweep-max N          highest rate to try, deliveries/s (default none)
   --profile PATH         write the measured figures for `corecast plan --profile PATH`
   --report PATH          with --sweep: a self-contained HTML report with SVG charts
+  --sizes N,N,...        memory: one run per connection count, the memory curve
+                         (RSS against connections) and its bytes per connection;
+                         with --sweep: the same runs after it, drawn in the report
+
+client-events: every connection subscribes to private-cev-K (signed with the app
+secret), plus one sender per channel that sends client-bench events over its
+WebSocket at --rate events/s in all; each reaches the channel's other members.
+The started server gets SOKETI_DEFAULT_APP_ENABLE_CLIENT_MESSAGES=true; a --target
+app must allow client events. Refused events (pusher:error) are publish errors.
 
 crossnode: one redis-server and two nodes with SOKETI_ADAPTER_DRIVER=redis and
 metrics on free ports; subscribers on node B only, REST publishes on node A only,
@@ -206,11 +235,12 @@ impl Args {
                 "connect" => Scenario::Connect,
                 "crossnode" => Scenario::Crossnode,
                 "baseline" => Scenario::Baseline,
+                "client-events" => Scenario::ClientEvents,
                 other => return Err(format!("unknown scenario {other:?}")),
             },
         };
         let (connections, channels, shards) = match scenario {
-            Scenario::Delivery | Scenario::Baseline => (2000, 20, 2),
+            Scenario::Delivery | Scenario::Baseline | Scenario::ClientEvents => (2000, 20, 2),
             Scenario::Memory => (19_000, 100, 2),
             Scenario::Connect => (5000, 20, 2),
             Scenario::Crossnode => (1000, 10, 1),
@@ -250,8 +280,14 @@ impl Args {
             sweep_max_per_s: 0,
             profile: None,
             report: None,
+            target: None,
+            server_pid: None,
+            sizes: Vec::new(),
         };
-        for (name, v) in pairs {
+        let given = |n: &str| pairs.iter().any(|(p, _)| p == n);
+        let starts_server = ["shards", "port", "server-bin"];
+        let own_server: Vec<&str> = starts_server.into_iter().filter(|n| given(n)).collect();
+        for (name, v) in pairs.clone() {
             match name.as_str() {
                 "scenario" => {}
                 "server-bin" => a.server_bin = PathBuf::from(v),
@@ -286,6 +322,17 @@ impl Args {
                 "sweep-max" => a.sweep_max_per_s = num(&name, &v)?,
                 "profile" => a.profile = Some(PathBuf::from(v)),
                 "report" => a.report = Some(PathBuf::from(v)),
+                "target" => a.target = Some((target_addr(&v)?, v)),
+                "server-pid" => a.server_pid = Some(num(&name, &v)?),
+                "sizes" => {
+                    a.sizes = v
+                        .split(',')
+                        .map(|n| num::<usize>(&name, n.trim()))
+                        .collect::<Result<_, _>>()?;
+                    if a.sizes.contains(&0) {
+                        return Err("--sizes: connection counts must be at least 1".into());
+                    }
+                }
                 "baseline" => {
                     a.baseline = match v.as_str() {
                         "true" | "1" | "yes" => true,
@@ -311,8 +358,49 @@ impl Args {
         if a.scenario == Scenario::Crossnode && a.port == u16::MAX {
             return Err("--port: crossnode needs port + 1 for node B".into());
         }
-        if a.baseline && !matches!(a.scenario, Scenario::Delivery | Scenario::Baseline) {
-            return Err("--baseline goes with --scenario delivery".into());
+        if a.baseline
+            && !matches!(
+                a.scenario,
+                Scenario::Delivery | Scenario::Baseline | Scenario::ClientEvents
+            )
+        {
+            return Err("--baseline goes with --scenario fanout or client-events".into());
+        }
+        if a.target.is_some() {
+            if let Some(n) = own_server.first() {
+                return Err(format!(
+                    "--{n} describes a server the bench starts; it does not go with --target"
+                ));
+            }
+            if matches!(a.scenario, Scenario::Crossnode | Scenario::Baseline) {
+                return Err(format!(
+                    "--scenario {} starts its own processes; it does not go with --target",
+                    a.scenario.name()
+                ));
+            }
+            if a.system_counts {
+                return Err(
+                    "--system-counts reads counters of a server the bench starts; it does \
+                     not go with --target"
+                        .into(),
+                );
+            }
+            if a.server_pid.is_none() && (a.baseline || a.scenario == Scenario::Memory) {
+                return Err(format!(
+                    "{} against --target needs --server-pid (the figures are the server's \
+                     CPU or memory)",
+                    if a.baseline {
+                        "--baseline"
+                    } else {
+                        "--scenario memory"
+                    }
+                ));
+            }
+        } else if a.server_pid.is_some() {
+            return Err("--server-pid goes with --target".into());
+        }
+        if !a.sizes.is_empty() && a.scenario != Scenario::Memory && !a.sweep {
+            return Err("--sizes goes with --scenario memory or --sweep".into());
         }
         let fanout_only = [("system-counts", a.system_counts), ("sweep", a.sweep)];
         if let Some((n, _)) = fanout_only
@@ -338,6 +426,34 @@ impl Args {
         }
         Ok(a)
     }
+}
+
+/// `ws://host:port[/...]` (or `http://`), resolved to the first address.
+fn target_addr(v: &str) -> Result<SocketAddr, String> {
+    if v.starts_with("wss://") || v.starts_with("https://") {
+        return Err(format!(
+            "--target {v}: TLS is not supported by the bench; point it at the server's \
+             plain port"
+        ));
+    }
+    let rest = v
+        .strip_prefix("ws://")
+        .or_else(|| v.strip_prefix("http://"))
+        .ok_or_else(|| format!("--target {v}: expected ws://HOST:PORT"))?;
+    let host_port = rest.split('/').next().unwrap_or("");
+    let with_port = if host_port
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        host_port.to_string()
+    } else {
+        format!("{host_port}:80")
+    };
+    with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("--target {v}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("--target {v}: no address"))
 }
 
 fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {

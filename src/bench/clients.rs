@@ -73,6 +73,8 @@ pub struct Plan {
     pub batch: usize,
     /// Read deliveries (delivery scenario) or only hold the sockets.
     pub read: bool,
+    /// Signs the subscriptions of `private-` channels (client-events scenario).
+    pub auth: Option<ws::Auth>,
 }
 
 /// Thread to main thread.
@@ -195,9 +197,10 @@ async fn client_thread(
             .iter()
             .map(|&i| {
                 let channel = format!("{}-{}", plan.prefix, i % plan.channels);
-                let (addr, path) = (plan.addr, plan.path.clone());
+                let (addr, path, auth) = (plan.addr, plan.path.clone(), plan.auth.clone());
                 monoio::spawn(async move {
-                    let r = monoio::time::timeout(OPEN_TIMEOUT, ws::open(addr, &path, &channel));
+                    let open = ws::open(addr, &path, &channel, auth.as_ref());
+                    let r = monoio::time::timeout(OPEN_TIMEOUT, open);
                     (i, r.await)
                 })
             })

@@ -32,8 +32,10 @@ mod args;
 
 mod baseline;
 
+mod client_events;
 mod clients;
 mod counts;
+mod curve;
 
 mod profile;
 mod publish;
@@ -72,7 +74,14 @@ pub fn main(raw: Vec<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut needed = args.connections as u64 + args.publishers as u64 + FD_HEADROOM;
+    let most = args
+        .sizes
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(args.connections);
+    let mut needed = most as u64 + args.publishers as u64 + FD_HEADROOM;
     if args.baseline {
         // Both ends of every baseline socket live in this process.
         needed = needed.max(2 * args.connections as u64 + FD_HEADROOM);
@@ -84,6 +93,9 @@ pub fn main(raw: Vec<String>) -> ExitCode {
 
     if args.sweep {
         return run_sweep(&args);
+    }
+    if !args.sizes.is_empty() {
+        return run_curve(&args);
     }
     let mut results: Vec<RunResult> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
@@ -130,6 +142,35 @@ pub fn main(raw: Vec<String>) -> ExitCode {
     std::process::exit(if ok { 0 } else { 1 })
 }
 
+/// `--scenario memory --sizes ...`: the memory curve, its table or JSON, and its
+/// profile section.
+fn run_curve(args: &Args) -> ExitCode {
+    let curve = curve::measure(args, run_once);
+    if args.json {
+        println!("{curve:#}");
+    } else {
+        curve::print(&curve, &server_desc(args));
+        println!("RESULT {curve}");
+    }
+    let mut ok = curve["failures"].as_array().is_some_and(|f| f.is_empty())
+        && curve["fit_bytes_per_connection"].is_number();
+    if let Some(path) = &args.profile {
+        if ok {
+            if let Err(e) = profile::write(path, "memory", profile::section_of_curve(&curve)) {
+                eprintln!("corecast bench: {e}");
+                ok = false;
+            }
+        } else {
+            eprintln!("corecast bench: a run failed; the profile is left as it was");
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 /// `--sweep`: fan-out runs at rising rates; the JSON (or a table), the profile section
 /// and the HTML report.
 fn run_sweep(args: &Args) -> ExitCode {
@@ -138,14 +179,20 @@ fn run_sweep(args: &Args) -> ExitCode {
         print_run(&r);
         Ok(r)
     });
-    let out = sweep::json(args, &points);
+    let mut out = sweep::json(args, &points);
+    if !args.sizes.is_empty() {
+        out["memory_curve"] = curve::measure(args, run_once);
+    }
     if args.json {
         println!("{out:#}");
     } else {
         println!();
         println!(
-            "corecast bench --sweep | shards {} | connections {} | channels {} | p99 target {} ms",
-            args.shards, args.connections, args.channels, args.p99_ms
+            "corecast bench --sweep | {} | connections {} | channels {} | p99 target {} ms",
+            server_desc(args),
+            args.connections,
+            args.channels,
+            args.p99_ms
         );
         println!(
             "  {:>12} {:>12} {:>9} {:>9} {:>11} {:>6}  result",
@@ -217,6 +264,9 @@ fn run_once(args: &Args, k: usize) -> Result<RunResult, String> {
         scenario::baseline(args, delivery_rate(args), &mut r)?;
         return Ok(r);
     }
+    if let Some((addr, _)) = &args.target {
+        return run_target(args, *addr);
+    }
     let mut args = args.clone();
     if args.port == 0 {
         args.port = free_ports::<1>()?[0];
@@ -228,7 +278,7 @@ fn run_once(args: &Args, k: usize) -> Result<RunResult, String> {
     } else {
         None
     };
-    let env: Vec<(&str, String)> = metrics_port
+    let mut env: Vec<(&str, String)> = metrics_port
         .map(|port| {
             vec![
                 ("SOKETI_METRICS_ENABLED", "true".to_string()),
@@ -237,12 +287,18 @@ fn run_once(args: &Args, k: usize) -> Result<RunResult, String> {
             ]
         })
         .unwrap_or_default();
+    if args.scenario == Scenario::ClientEvents {
+        env.push((
+            "SOKETI_DEFAULT_APP_ENABLE_CLIENT_MESSAGES",
+            "true".to_string(),
+        ));
+    }
     let mut server = Server::spawn(args, args.port, &tag, &env)?;
     server.metrics_port = metrics_port;
     let outcome = server.wait_ready().and_then(|ready| {
         eprintln!(
             "  server pid {} ready in {} ms",
-            server.pid,
+            server.pid.unwrap_or(0),
             ready.as_millis()
         );
         scenario::run(args, &mut server)
@@ -262,6 +318,50 @@ fn run_once(args: &Args, k: usize) -> Result<RunResult, String> {
             0.0 => figure(&result, "deliveries_per_s").unwrap_or(0.0),
             r => r,
         };
+        scenario::baseline(args, per_s, &mut result)?;
+    }
+    Ok(result)
+}
+
+/// Figures read from the server's `/proc` entries: without `--server-pid` a
+/// `--target` run has none of them.
+const SERVER_FIGURES: &[&str] = &[
+    "server_cpu",
+    "server_rss",
+    "server_vs_baseline",
+    "other_cpu_pct",
+];
+
+/// One run against the server at `addr` (`--target`): ready check, scenario,
+/// nothing started or stopped.
+fn run_target(args: &Args, addr: std::net::SocketAddr) -> Result<RunResult, String> {
+    let mut server = Server::attach(addr, args.server_pid);
+    if let Some(pid) = args.server_pid {
+        server::proc_sample(pid).map_err(|e| format!("--server-pid {pid}: {e}"))?;
+    }
+    let ready = server
+        .wait_ready()
+        .map_err(|e| format!("--target {addr}: {e}"))?;
+    eprintln!(
+        "  target {addr} ready in {} ms{}",
+        ready.as_millis(),
+        args.server_pid
+            .map_or(String::new(), |p| format!(", server pid {p}"))
+    );
+    let mut result = scenario::run(args, &mut server)?;
+    if args.server_pid.is_none() {
+        result
+            .figures
+            .retain(|(n, _)| !SERVER_FIGURES.iter().any(|p| n.starts_with(p)));
+        result.notes.push(
+            "no server CPU or memory figures: the target's pid was not given (--server-pid)".into(),
+        );
+    } else if args.baseline {
+        let per_s = match delivery_rate(args) {
+            0.0 => figure(&result, "deliveries_per_s").unwrap_or(0.0),
+            r => r,
+        };
+        // The target keeps running: the baseline shares the machine with it.
         scenario::baseline(args, per_s, &mut result)?;
     }
     Ok(result)
@@ -290,7 +390,7 @@ fn run_crossnode(args: &Args, tag: &str) -> Result<RunResult, String> {
     let ready = redis.wait_redis()?;
     eprintln!(
         "  redis-server pid {} on :{redis_port} ready in {} ms",
-        redis.pid,
+        redis.pid.unwrap_or(0),
         ready.as_millis()
     );
     // Metrics (counted anyway; this only opens the listener) tell where drops happen.
@@ -313,7 +413,7 @@ fn run_crossnode(args: &Args, tag: &str) -> Result<RunResult, String> {
             let ready = node.wait_ready()?;
             eprintln!(
                 "  node {name} pid {} on :{} ready in {} ms",
-                node.pid,
+                node.pid.unwrap_or(0),
                 node.port,
                 ready.as_millis()
             );
@@ -473,17 +573,19 @@ fn report(args: &Args, results: &[RunResult], failures: &[String]) -> Value {
         }
     }
     let what = match args.scenario {
-        Scenario::Delivery | Scenario::Crossnode | Scenario::Baseline => format!(
-            "channels {} | rate {} | payload {} B",
-            args.channels, args.rate, args.payload_bytes
-        ),
+        Scenario::Delivery | Scenario::Crossnode | Scenario::Baseline | Scenario::ClientEvents => {
+            format!(
+                "channels {} | rate {} | payload {} B",
+                args.channels, args.rate, args.payload_bytes
+            )
+        }
         _ => format!("channels {} | batch {}", args.channels, args.batch),
     };
     let _ = writeln!(
         table,
-        "corecast bench {} | shards {} | connections {} | {what} | {} of {} run(s) ok",
+        "corecast bench {} | {} | connections {} | {what} | {} of {} run(s) ok",
         args.scenario.name(),
-        args.shards,
+        server_desc(args),
         args.connections,
         results.len(),
         args.runs
@@ -526,7 +628,8 @@ fn report(args: &Args, results: &[RunResult], failures: &[String]) -> Value {
         .collect();
     let out = json!({
         "scenario": args.scenario.name(),
-        "shards": args.shards,
+        "shards": if args.target.is_some() { Value::Null } else { json!(args.shards) },
+        "target": args.target.as_ref().map(|t| t.1.clone()),
         "runs": args.runs,
         "runs_ok": results.len(),
         "params": {
@@ -555,6 +658,14 @@ fn report(args: &Args, results: &[RunResult], failures: &[String]) -> Value {
         println!("RESULT {out}");
     }
     out
+}
+
+/// `shards N` for a server the bench starts, `target URL` for one it does not.
+fn server_desc(args: &Args) -> String {
+    match &args.target {
+        Some((_, url)) => format!("target {url}"),
+        None => format!("shards {}", args.shards),
+    }
 }
 
 fn median_of(vs: &[f64]) -> f64 {

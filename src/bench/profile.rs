@@ -87,6 +87,17 @@ pub fn section_of_run(report: &Value) -> Option<(&'static str, Value)> {
     }
 }
 
+/// The profile section of a memory curve (`--sizes`): the fitted bytes per
+/// connection, and the points it was fitted to.
+pub fn section_of_curve(curve: &Value) -> Value {
+    json!({
+        "shards": curve["shards"],
+        "rss_bytes_per_connection": curve["fit_bytes_per_connection"],
+        "base_rss_bytes": curve["fit_base_bytes"],
+        "curve": curve["points"],
+    })
+}
+
 /// The profile section of a sweep: the highest rate held and its CPU per delivery.
 pub fn section_of_sweep(sweep: &Value) -> Value {
     json!({

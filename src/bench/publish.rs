@@ -62,7 +62,7 @@ pub struct PubReport {
 }
 
 impl PubReport {
-    fn new(channels: usize) -> PubReport {
+    pub(super) fn new(channels: usize) -> PubReport {
         PubReport {
             ok: vec![0; channels],
             errors: 0,
@@ -75,7 +75,7 @@ impl PubReport {
         }
     }
 
-    fn error(&mut self, kind: String) {
+    pub(super) fn error(&mut self, kind: String) {
         self.errors += 1;
         *self.error_kinds.entry(kind).or_insert(0) += 1;
     }
@@ -99,34 +99,43 @@ impl PubReport {
 
 /// Runs the publishers on their own thread; the report arrives on the channel.
 pub fn spawn(plan: PubPlan, shared: Arc<Shared>) -> mpsc::Receiver<PubReport> {
+    on_thread("loadgen-publish", move || async move {
+        let plan = Arc::new(plan);
+        let handles: Vec<_> = (0..plan.publishers.min(plan.channels))
+            .map(|p| monoio::spawn(publisher(p, plan.clone(), shared.clone())))
+            .collect();
+        let mut total = PubReport::new(plan.channels);
+        for h in handles {
+            total.merge(h.await);
+        }
+        total
+    })
+}
+
+/// Runs the future `work` makes on a new thread named `name`, on its own monoio
+/// runtime; its report arrives on the channel (which closes without one if the
+/// runtime cannot start).
+pub fn on_thread<W, F>(name: &str, work: W) -> mpsc::Receiver<PubReport>
+where
+    W: FnOnce() -> F + Send + 'static,
+    F: std::future::Future<Output = PubReport>,
+{
     let (tx, rx) = mpsc::channel();
+    let label = name.to_string();
     std::thread::Builder::new()
-        .name("loadgen-publish".into())
+        .name(label.clone())
         .spawn(move || {
             let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
                 .enable_timer()
                 .build();
-            let mut rt = match rt {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("loadgen: publisher runtime: {e}");
-                    return;
+            match rt {
+                Ok(mut rt) => {
+                    let _ = tx.send(rt.block_on(work()));
                 }
-            };
-            let plan = Arc::new(plan);
-            let report = rt.block_on(async move {
-                let handles: Vec<_> = (0..plan.publishers.min(plan.channels))
-                    .map(|p| monoio::spawn(publisher(p, plan.clone(), shared.clone())))
-                    .collect();
-                let mut total = PubReport::new(plan.channels);
-                for h in handles {
-                    total.merge(h.await);
-                }
-                total
-            });
-            let _ = tx.send(report);
+                Err(e) => eprintln!("{label}: runtime: {e}"),
+            }
         })
-        .expect("spawning the publisher thread");
+        .expect("spawning a load generator thread");
     rx
 }
 
@@ -189,24 +198,9 @@ async fn publisher(p: usize, plan: Arc<PubPlan>, shared: Arc<Shared>) -> PubRepo
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let progress = Cell::new(Progress::Writing);
     let mut requests = 0u64;
-    let step_ns = if plan.rate > 0 {
-        1e9 / plan.rate as f64
-    } else {
-        0.0
-    };
     'rounds: for seq in 0u64.. {
         for &c in &mine {
-            if plan.rate > 0 {
-                let k = seq * plan.channels as u64 + c as u64;
-                let target = plan.start_ns + (k as f64 * step_ns) as u64;
-                if target >= plan.end_ns {
-                    break 'rounds;
-                }
-                let now = shared.now_ns();
-                if target > now {
-                    monoio::time::sleep(Duration::from_nanos(target - now)).await;
-                }
-            } else if shared.now_ns() >= plan.end_ns {
+            if !pace(&plan, &shared, seq, c).await {
                 break 'rounds;
             }
             let s = match stream.take() {
@@ -269,6 +263,26 @@ async fn publisher(p: usize, plan: Arc<PubPlan>, shared: Arc<Shared>) -> PubRepo
         }
     }
     report
+}
+
+/// Waits until event `seq` of channel `c` is due: at `--rate`, events of all channels
+/// are spread evenly from `start_ns`; flat out, it only waits for `start_ns`. False
+/// once the event would fall at or past `end_ns`.
+pub async fn pace(plan: &PubPlan, shared: &Shared, seq: u64, c: usize) -> bool {
+    let target = if plan.rate > 0 {
+        let k = seq * plan.channels as u64 + c as u64;
+        plan.start_ns + (k as f64 * 1e9 / plan.rate as f64) as u64
+    } else {
+        plan.start_ns
+    };
+    let now = shared.now_ns();
+    if (plan.rate > 0 && target >= plan.end_ns) || now >= plan.end_ns {
+        return false;
+    }
+    if target > now {
+        monoio::time::sleep(Duration::from_nanos(target - now)).await;
+    }
+    true
 }
 
 /// How far a request got, for the report when it fails.
@@ -412,7 +426,8 @@ async fn probe_async(
     channel: &str,
     timeout: Duration,
 ) -> Result<Probe, String> {
-    let conn = match monoio::time::timeout(OPEN_TIMEOUT, ws::open(sub_addr, ws_path, channel)).await
+    let conn = match monoio::time::timeout(OPEN_TIMEOUT, ws::open(sub_addr, ws_path, channel, None))
+        .await
     {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {

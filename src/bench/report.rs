@@ -214,6 +214,21 @@ pub fn html(sweep: &Value) -> String {
             (connections, subscribed / 1048576.0),
         ];
     }
+    // With --sizes: the measured curve, one point per connection count.
+    let curve: Vec<(f64, f64)> = sweep["memory_curve"]["points"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p["connections"].as_f64()?,
+                p["rss_bytes"].as_f64()? / 1048576.0,
+            ))
+        })
+        .collect();
+    if curve.len() >= 2 {
+        memory_points = curve;
+    }
     let memory = chart(
         "Server memory",
         "subscribed connections",
@@ -234,6 +249,15 @@ pub fn html(sweep: &Value) -> String {
                 .unwrap_or(f64::NAN)
         ),
         None => format!("No rate was held within p99 {} ms.", sweep["p99_target_ms"]),
+    };
+    let best = match sweep["memory_curve"]["fit_bytes_per_connection"].as_f64() {
+        Some(b) => format!(
+            "{best} Memory: {b:.0} bytes per subscribed connection (least-squares fit over {} connection counts).",
+            sweep["memory_curve"]["points"]
+                .as_array()
+                .map_or(0, Vec::len)
+        ),
+        None => best,
     };
     let mut rows = String::new();
     for p in points {
@@ -261,13 +285,16 @@ pub fn html(sweep: &Value) -> String {
 <html lang="en"><head><meta charset="utf-8"><title>corecast bench sweep</title>
 <style>body{{font-family:sans-serif;margin:2em;color:#222}} .charts{{display:flex;flex-wrap:wrap;gap:1em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head>
 <body><h1>corecast bench --sweep</h1>
-<p>{shards} shard(s), {connections} connections on {channels} channels, {payload} B payload. {best}</p>
+<p>{server}, {connections} connections on {channels} channels, {payload} B payload. {best}</p>
 <div class="charts">{latency}{cpu}{per_delivery}{memory}</div>
 <h2>Runs</h2>
 <table><tr><th>asked /s</th><th>delivered /s</th><th>p99 ms</th><th>CPU µs / delivery</th><th>lost</th><th>result</th><th>why</th></tr>{rows}</table>
 </body></html>
 "#,
-        shards = sweep["shards"],
+        server = match sweep["target"].as_str() {
+            Some(url) => format!("target {}", escape(url)),
+            None => format!("{} shard(s)", sweep["shards"]),
+        },
         channels = sweep["channels"],
         payload = sweep["payload_bytes"],
     )

@@ -14,6 +14,7 @@ use super::args::{Args, Scenario};
 use super::clients::{self, End, Msg, OPEN_TIMEOUT, Plan, Shared, ThreadReport};
 use super::publish::{self, PubPlan};
 use super::server::{Sample, Server, machine_busy_s, scrape, self_cpu_s};
+use super::ws::Auth;
 
 /// How long the client threads get to report after `stop`.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(15);
@@ -35,7 +36,7 @@ impl RunResult {
 /// The single-server scenarios.
 pub fn run(args: &Args, server: &mut Server) -> Result<RunResult, String> {
     match args.scenario {
-        Scenario::Delivery => delivery(args, server, None),
+        Scenario::Delivery | Scenario::ClientEvents => delivery(args, server, None),
         Scenario::Memory => memory(args, server),
         Scenario::Connect => connect(args, server),
         Scenario::Crossnode => Err("crossnode runs through scenario::crossnode".into()),
@@ -122,13 +123,9 @@ fn ws_path(args: &Args) -> String {
     format!("/app/{}?protocol=7&client=loadgen&version=1", args.app_key)
 }
 
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-fn plan(args: &Args, port: u16, read: bool) -> Plan {
+fn plan(args: &Args, addr: SocketAddr, read: bool) -> Plan {
     Plan {
-        addr: local(port),
+        addr,
         path: ws_path(args),
         prefix: args.scenario.channel_prefix(),
         channels: args.channels,
@@ -136,6 +133,10 @@ fn plan(args: &Args, port: u16, read: bool) -> Plan {
         threads: args.client_threads,
         batch: args.batch,
         read,
+        auth: (args.scenario == Scenario::ClientEvents).then(|| Auth {
+            key: args.app_key.clone(),
+            secret: args.app_secret.clone(),
+        }),
     }
 }
 
@@ -150,18 +151,18 @@ struct Clients {
     elapsed: Duration,
 }
 
-/// Opens and subscribes every connection to the server on `port`; returns when all
+/// Opens and subscribes every connection to the server on `addr`; returns when all
 /// threads are done with it.
 fn connect_all(
     args: &Args,
-    port: u16,
+    addr: SocketAddr,
     shared: &Arc<Shared>,
     read: bool,
 ) -> Result<Clients, String> {
     let waves = args.connections.div_ceil(args.batch) as u32;
     let deadline = Instant::now() + OPEN_TIMEOUT * (waves + 1) + Duration::from_secs(10);
     let t0 = Instant::now();
-    let rx = clients::spawn(Arc::new(plan(args, port, read)), shared.clone());
+    let rx = clients::spawn(Arc::new(plan(args, addr, read)), shared.clone());
     let (mut opened, mut failed, mut reported) = (0, 0, 0);
     let mut last_print = Instant::now();
     while reported < args.client_threads {
@@ -467,7 +468,7 @@ fn wait_link(
     );
     let probe = publish::probe(
         pub_plan,
-        local(node_b.port),
+        node_b.addr,
         &ws_path(args),
         PROBE_CHANNEL,
         args.link_timeout,
@@ -503,7 +504,7 @@ fn delivery(
     let mut r = RunResult::default();
     let idle = server.sample()?;
     let shared = Arc::new(Shared::new());
-    let clients = connect_all(args, server.port, &shared, true)?;
+    let clients = connect_all(args, server.addr, &shared, true)?;
     all_alive(server, &mut cross)?;
     let subscribed = server.sample()?;
     if clients.opened == 0 {
@@ -511,7 +512,7 @@ fn delivery(
     }
 
     let mut pub_plan = PubPlan {
-        addr: local(cross.as_ref().map_or(server.port, |c| c.node_a.port)),
+        addr: cross.as_ref().map_or(server.addr, |c| c.node_a.addr),
         app_id: args.app_id.clone(),
         app_key: args.app_key.clone(),
         app_secret: args.app_secret.clone(),
@@ -537,9 +538,19 @@ fn delivery(
     shared.win_end_ns.store(win_end_ns, Ordering::Relaxed);
     pub_plan.start_ns = start_ns;
     pub_plan.end_ns = win_end_ns;
-    let pub_rx = publish::spawn(pub_plan, shared.clone());
+    let client_events = args.scenario == Scenario::ClientEvents;
+    let pub_rx = if client_events {
+        super::client_events::spawn(pub_plan, ws_path(args), shared.clone())
+    } else {
+        publish::spawn(pub_plan, shared.clone())
+    };
     eprintln!(
-        "  publishing {} for {:.1} s warmup + {:.1} s measured",
+        "  {} {} for {:.1} s warmup + {:.1} s measured",
+        if client_events {
+            "sending client events"
+        } else {
+            "publishing"
+        },
         if args.rate == 0 {
             "flat out".to_string()
         } else {
@@ -549,10 +560,10 @@ fn delivery(
         args.duration.as_secs_f64()
     );
     sleep_until(shared.base + Duration::from_nanos(win_start_ns));
-    let counting = match (args.system_counts, server.metrics_port) {
-        (true, Some(port)) => Some(super::counts::Counting::start(
+    let counting = match (args.system_counts, server.metrics_port, server.pid) {
+        (true, Some(port), Some(pid)) => Some(super::counts::Counting::start(
             &args.perf_bin,
-            server.pid,
+            pid,
             port,
             &args.log_dir,
         )?),
@@ -677,6 +688,16 @@ fn delivery(
     }
     let secs = args.duration.as_secs_f64();
     let published: u64 = publishing.ok.iter().sum();
+    if published == 0 {
+        let why = publishing
+            .error_kinds
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map_or("none was sent".to_string(), |(kind, n)| {
+                format!("{n}x {kind}")
+            });
+        return Err(format!("the server accepted no event: {why}"));
+    }
     r.put("connections", clients.opened as f64);
     r.put("connections_failed", clients.failed as f64);
     r.put("connect_s", clients.elapsed.as_secs_f64());
@@ -686,14 +707,16 @@ fn delivery(
         published as f64 / (args.warmup.as_secs_f64() + secs).max(1e-9),
     );
     r.put("publish_errors", publishing.errors as f64);
-    r.put(
-        "rest_p50_us",
-        publishing.rest_hist.value_at_quantile(0.5) as f64,
-    );
-    r.put(
-        "rest_p99_us",
-        publishing.rest_hist.value_at_quantile(0.99) as f64,
-    );
+    if !client_events {
+        r.put(
+            "rest_p50_us",
+            publishing.rest_hist.value_at_quantile(0.5) as f64,
+        );
+        r.put(
+            "rest_p99_us",
+            publishing.rest_hist.value_at_quantile(0.99) as f64,
+        );
+    }
     r.put("deliveries", window as f64);
     r.put("deliveries_per_s", window as f64 / secs);
     r.put("deliveries_total", total as f64);
@@ -800,7 +823,7 @@ fn memory(args: &Args, server: &mut Server) -> Result<RunResult, String> {
     let snap_a = snap(server)?;
     let before = snap_a.server;
     let shared = Arc::new(Shared::new());
-    let clients = connect_all(args, server.port, &shared, false)?;
+    let clients = connect_all(args, server.addr, &shared, false)?;
     let snap_b = snap(server)?;
     let connected = snap_b.server;
     eprintln!("  idle for {:.1} s", args.idle.as_secs_f64());
@@ -836,7 +859,7 @@ fn connect(args: &Args, server: &mut Server) -> Result<RunResult, String> {
     let shared = Arc::new(Shared::new());
     let snap_a = snap(server)?;
     let (before, self_a) = (snap_a.server, snap_a.self_cpu_s);
-    let clients = connect_all(args, server.port, &shared, false)?;
+    let clients = connect_all(args, server.addr, &shared, false)?;
     let snap_b = snap(server)?;
     let (after, self_b) = (snap_b.server, snap_b.self_cpu_s);
     server_gone(server)?;

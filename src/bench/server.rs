@@ -24,9 +24,13 @@ const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Dropping one that was not stopped kills it, so an early return or a panic never
 /// leaves a process behind; and every child gets SIGKILL if the load generator dies.
 pub struct Server {
-    child: Child,
-    pub pid: i32,
-    /// The port it listens on.
+    /// `None` for a server the bench did not start (`--target`).
+    child: Option<Child>,
+    /// `None` for a `--target` without `--server-pid`: no CPU or memory readings.
+    pub pid: Option<i32>,
+    /// Where it listens: 127.0.0.1 for the servers the bench starts.
+    pub addr: SocketAddr,
+    /// `addr`'s port.
     pub port: u16,
     /// Where its Prometheus `/metrics` answers, when the caller enabled them.
     pub metrics_port: Option<u16>,
@@ -59,6 +63,24 @@ pub struct Exit {
 }
 
 impl Server {
+    /// A server the bench did not start (`--target`), with its pid when the caller
+    /// knows it.
+    pub fn attach(addr: SocketAddr, pid: Option<i32>) -> Server {
+        Server {
+            child: None,
+            pid,
+            addr,
+            port: addr.port(),
+            metrics_port: None,
+            log: PathBuf::new(),
+        }
+    }
+
+    /// Whether the bench started it (and so has its log and stops it).
+    pub fn started(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Starts the server on `port` with the run's shard count and app credentials,
     /// plus `env` (the redis adapter's settings for crossnode).
     pub fn spawn(
@@ -111,7 +133,7 @@ impl Server {
                     self.log_tail(20)
                 ));
             }
-            match redis_ping(self.port) {
+            match redis_ping(self.addr) {
                 Ok(()) => return Ok(t0.elapsed()),
                 Err(e) => last = e,
             }
@@ -126,18 +148,18 @@ impl Server {
 
     /// Polls `GET /ready` until it answers 200, the process dies, or the timeout passes.
     pub fn wait_ready(&mut self) -> Result<Duration, String> {
-        let port = self.port;
+        let addr = self.addr;
         let t0 = Instant::now();
         let mut last = String::from("no answer");
         while t0.elapsed() < READY_TIMEOUT {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = self.exited() {
                 return Err(format!(
                     "server exited before ready ({status}); log {}:\n{}",
                     self.log.display(),
                     self.log_tail(20)
                 ));
             }
-            match http_get_status(port, "/ready") {
+            match http_get_status(addr, "/ready") {
                 Ok(200) => return Ok(t0.elapsed()),
                 Ok(code) => last = format!("status {code}"),
                 Err(e) => last = e,
@@ -151,17 +173,37 @@ impl Server {
         ))
     }
 
-    /// `Some(status)` if the server has exited.
+    /// `Some(status)` if the server has exited (never, for one the bench did not
+    /// start: that one's failures show as connection errors).
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        self.child.as_mut()?.try_wait().ok().flatten()
     }
 
+    /// CPU and memory now; NaN CPU and 0 bytes without a pid (the figures built from
+    /// them are dropped from the report, see `mod.rs`).
     pub fn sample(&self) -> Result<Sample, String> {
-        proc_sample(self.pid)
+        match self.pid {
+            Some(pid) => proc_sample(pid),
+            None => Ok(Sample {
+                cpu_s: f64::NAN,
+                user_s: f64::NAN,
+                sys_s: f64::NAN,
+                cpu_clock_s: f64::NAN,
+                rss_bytes: 0,
+            }),
+        }
     }
 
-    /// SIGTERM, wait, then SIGKILL if it lingers.
+    /// SIGTERM, wait, then SIGKILL if it lingers; a server the bench did not start is
+    /// left running.
     pub fn stop(mut self) -> Exit {
+        let (Some(pid), true) = (self.pid, self.started()) else {
+            return Exit {
+                died_early: None,
+                status: None,
+                killed: false,
+            };
+        };
         let died_early = self.exited();
         if let Some(status) = died_early {
             return Exit {
@@ -171,7 +213,7 @@ impl Server {
             };
         }
         // SAFETY: kill(2) on our own child's pid; it has not been reaped (try_wait said running).
-        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        unsafe { libc::kill(pid, libc::SIGTERM) };
         let t0 = Instant::now();
         while t0.elapsed() < STOP_TIMEOUT {
             if let Some(status) = self.exited() {
@@ -183,8 +225,15 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let status = self.child.wait().ok();
+        let Some(child) = self.child.as_mut() else {
+            return Exit {
+                died_early: None,
+                status: None,
+                killed: false,
+            };
+        };
+        let _ = child.kill();
+        let status = child.wait().ok();
         Exit {
             died_early: None,
             status,
@@ -203,9 +252,11 @@ impl Server {
 impl Drop for Server {
     /// Not stopped (an early return, a panic): SIGKILL and reap.
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut()
+            && let Ok(None) = child.try_wait()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
@@ -239,8 +290,9 @@ fn start(mut cmd: Command, port: u16, log_dir: &Path, log_name: &str) -> Result<
     let child = cmd.spawn().map_err(|e| e.to_string())?;
     let pid = child.id() as i32;
     Ok(Server {
-        child,
-        pid,
+        child: Some(child),
+        pid: Some(pid),
+        addr,
         port,
         metrics_port: None,
         log,
@@ -297,8 +349,7 @@ pub fn scrape(port: u16) -> Result<std::collections::BTreeMap<String, f64>, Stri
 }
 
 /// One `PING` on a fresh connection; Ok when the answer is `+PONG`.
-fn redis_ping(port: u16) -> Result<(), String> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+fn redis_ping(addr: SocketAddr) -> Result<(), String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
         .map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(1)))
@@ -322,13 +373,12 @@ fn redis_ping(port: u16) -> Result<(), String> {
 }
 
 /// One blocking HTTP/1.1 GET with `Connection: close`; returns the status code.
-fn http_get_status(port: u16, path: &str) -> Result<u16, String> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+fn http_get_status(addr: SocketAddr, path: &str) -> Result<u16, String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
         .map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(1)))
         .map_err(|e| e.to_string())?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes())
         .map_err(|e| format!("write: {e}"))?;
     let mut buf = [0u8; 256];

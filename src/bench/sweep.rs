@@ -145,7 +145,8 @@ pub fn json(args: &Args, points: &[Point]) -> Value {
         .collect();
     json!({
         "scenario": "fanout-sweep",
-        "shards": args.shards,
+        "shards": if args.target.is_some() { Value::Null } else { json!(args.shards) },
+        "target": args.target.as_ref().map(|t| t.1.clone()),
         "connections": args.connections,
         "channels": args.channels,
         "payload_bytes": args.payload_bytes,

@@ -208,9 +208,44 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     None
 }
 
+/// The app's key and secret, for signing subscriptions to private channels the way an
+/// app's auth endpoint does (`key:HMAC-SHA256(secret, "socket_id:channel")`).
+#[derive(Clone, Debug)]
+pub struct Auth {
+    pub key: String,
+    pub secret: String,
+}
+
+impl Auth {
+    /// The `auth` field of a private channel's `pusher:subscribe`.
+    pub fn sign(&self, socket_id: &str, channel: &str) -> String {
+        use hmac::{Hmac, KeyInit, Mac};
+        // HMAC accepts keys of any length.
+        let mut mac =
+            Hmac::<sha2::Sha256>::new_from_slice(self.secret.as_bytes()).expect("any key");
+        mac.update(format!("{socket_id}:{channel}").as_bytes());
+        format!("{}:{}", self.key, hex::encode(mac.finalize().into_bytes()))
+    }
+}
+
+/// The socket id in a `pusher:connection_established` message, whose `data` is a
+/// JSON-encoded string: `"data":"{\"socket_id\":\"123.456\",...}"`.
+pub fn socket_id(msg: &[u8]) -> Option<&str> {
+    const KEY: &[u8] = br#"socket_id\":\""#;
+    let at = find(msg, KEY)? + KEY.len();
+    let len = msg[at..].iter().position(|&b| b == b'\\' || b == b'"')?;
+    std::str::from_utf8(&msg[at..at + len]).ok()
+}
+
 /// Connects, upgrades, waits for `pusher:connection_established`, subscribes to
-/// `channel` and waits for `pusher_internal:subscription_succeeded`.
-pub async fn open(addr: SocketAddr, path: &str, channel: &str) -> Result<Conn, OpenError> {
+/// `channel` (signed with `auth` for `private-` channels) and waits for
+/// `pusher_internal:subscription_succeeded`.
+pub async fn open(
+    addr: SocketAddr,
+    path: &str,
+    channel: &str,
+    auth: Option<&Auth>,
+) -> Result<Conn, OpenError> {
     let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|e| OpenError::new("connect", e.to_string()))?;
@@ -251,8 +286,23 @@ pub async fn open(addr: SocketAddr, path: &str, channel: &str) -> Result<Conn, O
         }
     }
 
-    wait_event(&mut stream, &mut frames, b"pusher:connection_established").await?;
-    let sub = format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"{channel}"}}}}"#);
+    let established =
+        wait_event(&mut stream, &mut frames, b"pusher:connection_established").await?;
+    let sub = match auth.filter(|_| channel.starts_with("private-")) {
+        None => format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"{channel}"}}}}"#),
+        Some(auth) => {
+            let id = socket_id(&established).ok_or_else(|| {
+                OpenError::new(
+                    "established",
+                    format!("no socket_id in {}", String::from_utf8_lossy(&established)),
+                )
+            })?;
+            format!(
+                r#"{{"event":"pusher:subscribe","data":{{"channel":"{channel}","auth":"{}"}}}}"#,
+                auth.sign(id, channel)
+            )
+        }
+    };
     let (res, _) = stream
         .write_all(client_frame(OP_TEXT, sub.as_bytes()))
         .await;
@@ -266,13 +316,13 @@ pub async fn open(addr: SocketAddr, path: &str, channel: &str) -> Result<Conn, O
     Ok(Conn { stream, frames })
 }
 
-/// Reads frames until a text message with event `want`; a `pusher:error` or a
-/// close fails.
+/// Reads frames until a text message with event `want`, returned; a `pusher:error`
+/// or a close fails.
 async fn wait_event(
     stream: &mut TcpStream,
     frames: &mut FrameBuf,
     want: &[u8],
-) -> Result<(), OpenError> {
+) -> Result<Vec<u8>, OpenError> {
     let stage = if want == b"pusher:connection_established" {
         "established"
     } else {
@@ -285,7 +335,7 @@ async fn wait_event(
                 OP_TEXT => {
                     let ev = event_name(msg).unwrap_or(b"");
                     if ev == want {
-                        return Ok(());
+                        return Ok(msg.to_vec());
                     }
                     if ev == b"pusher:error" || ev == b"pusher:subscription_error" {
                         return Err(OpenError::new(stage, String::from_utf8_lossy(msg)));

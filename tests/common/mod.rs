@@ -36,6 +36,16 @@ impl Server {
             .collect()
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Sends a signal to the server process.
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill on our own child's pid has no memory effects.
