@@ -36,9 +36,9 @@ fn app() -> AppConfig {
 }
 
 /// The subscribers of one channel on one shard: the registry entry and one outbound
-/// queue per connection, as `Shard::deliver_local` sees them. The queues start empty and
-/// without capacity, as after a flush (`Outbound::flush` drops the queue so an idle
-/// connection holds no buffer): so each delivery allocates one queue buffer.
+/// queue per connection, as `Shard::deliver_local` sees them. The queues start empty, as
+/// after a flush: the frame goes to each queue's inline front slot, so a delivery
+/// allocates nothing.
 struct Local {
     registry: Registry,
     outs: Slab<Outbound>,

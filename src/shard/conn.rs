@@ -89,9 +89,17 @@ pub enum Flushed {
 }
 
 /// A bounded queue of frames, bounded in bytes rather than messages.
+///
+/// The front frame lives in an inline slot, so queueing a frame to a connection with
+/// nothing queued (nearly every delivery) and flushing it allocate and free nothing;
+/// frames behind it go to a `VecDeque` that is dropped once drained, so an idle
+/// connection holds no queue memory.
 #[derive(Default)]
 pub struct Outbound {
-    frames: VecDeque<Bytes>,
+    /// The frame being written; `None` only when the queue is empty.
+    front: Option<Bytes>,
+    /// The frames after `front`, in order.
+    rest: VecDeque<Bytes>,
     /// Bytes of the front frame already written.
     offset: usize,
     /// Bytes queued, minus `offset`.
@@ -101,11 +109,16 @@ pub struct Outbound {
 impl Outbound {
     /// Queues `frame` unless that would pass `limit` bytes; returns whether it was queued.
     pub fn push(&mut self, frame: Bytes, limit: usize) -> bool {
-        if self.bytes + frame.len() > limit && !self.frames.is_empty() {
+        if self.front.is_none() {
+            self.bytes = frame.len();
+            self.front = Some(frame);
+            return true;
+        }
+        if self.bytes + frame.len() > limit {
             return false;
         }
         self.bytes += frame.len();
-        self.frames.push_back(frame);
+        self.rest.push_back(frame);
         true
     }
 
@@ -118,24 +131,33 @@ impl Outbound {
     /// Whether nothing waits.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.front.is_none()
+    }
+
+    /// Frames queued.
+    #[must_use]
+    pub fn frames(&self) -> usize {
+        usize::from(self.front.is_some()) + self.rest.len()
+    }
+
+    /// The queued frames in order, the first from `offset` on.
+    fn parts(&self) -> impl Iterator<Item = &[u8]> {
+        let front = self.front.as_ref().map(|f| &f[self.offset..]);
+        front.into_iter().chain(self.rest.iter().map(|f| &f[..]))
     }
 
     /// Hands every queued frame to `f` (TLS encrypts them) and empties the queue.
     pub fn drain_into(&mut self, mut f: impl FnMut(&[u8])) {
-        for (i, frame) in self.frames.iter().enumerate() {
-            f(if i == 0 {
-                &frame[self.offset..]
-            } else {
-                &frame[..]
-            });
+        for part in self.parts() {
+            f(part);
         }
         self.clear();
     }
 
     /// Drops everything queued (a connection being evicted).
     pub fn clear(&mut self) {
-        self.frames = VecDeque::new();
+        self.front = None;
+        self.rest = VecDeque::new();
         self.offset = 0;
         self.bytes = 0;
     }
@@ -143,8 +165,8 @@ impl Outbound {
     /// Writes as much as the socket takes without blocking: one `send` for a lone frame
     /// (the common case), one `sendmsg` for several.
     pub fn flush(&mut self, fd: RawFd) -> Flushed {
-        while let Some(front) = self.frames.front() {
-            let sent = if self.frames.len() == 1 {
+        while let Some(front) = self.front.as_ref() {
+            let sent = if self.rest.is_empty() {
                 let part = &front[self.offset..];
                 // SAFETY: `part` is valid for reads of its length during the call.
                 unsafe {
@@ -168,7 +190,10 @@ impl Outbound {
             }
             self.advance(sent as usize);
         }
-        self.frames = VecDeque::new();
+        if self.rest.capacity() > 0 {
+            // A burst queued several frames: give the memory back now that it is sent.
+            self.rest = VecDeque::new();
+        }
         Flushed::Done
     }
 
@@ -179,12 +204,7 @@ impl Outbound {
             iov_len: 0,
         }; MAX_IOVECS];
         let mut n = 0;
-        for (slot, (i, frame)) in iov.iter_mut().zip(self.frames.iter().enumerate()) {
-            let part = if i == 0 {
-                &frame[self.offset..]
-            } else {
-                &frame[..]
-            };
+        for (slot, part) in iov.iter_mut().zip(self.parts()) {
             *slot = libc::iovec {
                 iov_base: part.as_ptr() as *mut _,
                 iov_len: part.len(),
@@ -195,21 +215,21 @@ impl Outbound {
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = iov.as_mut_ptr();
         msg.msg_iovlen = n;
-        // SAFETY: every iovec points into a `Bytes` held by `self.frames` for the call.
+        // SAFETY: every iovec points into a `Bytes` held by `self` for the call.
         unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) }
     }
 
     fn advance(&mut self, mut sent: usize) {
         self.bytes -= sent;
         while sent > 0 {
-            let Some(front) = self.frames.front() else {
+            let Some(front) = self.front.as_ref() else {
                 break;
             };
             let left = front.len() - self.offset;
             if sent >= left {
                 sent -= left;
                 self.offset = 0;
-                self.frames.pop_front();
+                self.front = self.rest.pop_front();
             } else {
                 self.offset += sent;
                 sent = 0;
@@ -294,9 +314,58 @@ mod tests {
         out.advance(6);
         assert_eq!(out.len(), 6);
         assert_eq!(out.offset, 2);
-        assert_eq!(out.frames.len(), 2);
+        assert_eq!(out.frames(), 2);
         out.advance(6);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_lone_frame_uses_the_inline_slot_and_a_burst_gives_its_buffer_back() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        use std::os::fd::AsRawFd;
+        let mut out = Outbound::default();
+        assert!(out.push(Bytes::from_static(b"one"), 100));
+        assert_eq!(out.rest.capacity(), 0, "a lone frame needs no buffer");
+        assert_eq!(out.flush(a.as_raw_fd()), Flushed::Done);
+        assert!(out.is_empty());
+        for f in [&b"a"[..], b"b", b"c"] {
+            assert!(out.push(Bytes::from_static(f), 100));
+        }
+        assert_eq!(out.frames(), 3);
+        assert!(out.rest.capacity() > 0);
+        assert_eq!(out.flush(a.as_raw_fd()), Flushed::Done);
+        assert_eq!(out.rest.capacity(), 0, "the burst's buffer is dropped once sent");
+    }
+
+    #[test]
+    fn a_full_socket_blocks_and_the_rest_follows_byte_exact_in_order() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let frames: Vec<Bytes> = (0..40u8)
+            .map(|i| Bytes::from(vec![i; 7000 + usize::from(i)]))
+            .collect();
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        let mut out = Outbound::default();
+        for f in &frames {
+            assert!(out.push(f.clone(), 1 << 30));
+        }
+        let mut got = Vec::new();
+        let mut blocked = 0;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match out.flush(a.as_raw_fd()) {
+                Flushed::Done => break,
+                Flushed::Blocked => blocked += 1,
+                Flushed::Failed => panic!("flush failed"),
+            }
+            let n = b.read(&mut buf).expect("read");
+            got.extend_from_slice(&buf[..n]);
+        }
+        drop(a);
+        b.read_to_end(&mut got).expect("read rest");
+        assert!(blocked > 0, "280 KB must fill a socket pair's buffer");
+        assert!(got == expected, "bytes lost, duplicated or reordered");
     }
 
     #[test]
