@@ -64,7 +64,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Measure a corecast: fan-out, connections, memory, cross-node (see `corecast bench --help`)
+    /// Measure a corecast, one it starts or a running one: fan-out, client events, connections, memory, cross-node (see `corecast bench --help`)
     ///
     /// Starts this binary as the server (or drives an existing one with --target), runs one
     /// scenario and prints the figures: the server's CPU per delivery, latency percentiles,

@@ -334,7 +334,11 @@ mod tests {
         assert_eq!(out.frames(), 3);
         assert!(out.rest.capacity() > 0);
         assert_eq!(out.flush(a.as_raw_fd()), Flushed::Done);
-        assert_eq!(out.rest.capacity(), 0, "the burst's buffer is dropped once sent");
+        assert_eq!(
+            out.rest.capacity(),
+            0,
+            "the burst's buffer is dropped once sent"
+        );
     }
 
     #[test]
