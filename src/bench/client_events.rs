@@ -21,11 +21,7 @@ const LISTEN_AFTER: Duration = Duration::from_millis(300);
 /// The `client-bench` event for channel `c`; `data` is `s=SEQ;t=NANOS;pad=xxx`
 /// padded to `payload_bytes`, as a string.
 pub fn event_frame(plan: &PubPlan, c: usize, seq: u64, t_ns: u64) -> Vec<u8> {
-    let mut data = format!("s={seq};t={t_ns};pad=");
-    if data.len() < plan.payload_bytes {
-        let pad = plan.payload_bytes - data.len();
-        data.extend(std::iter::repeat_n('x', pad));
-    }
+    let data = super::publish::event_data(plan, seq, t_ns);
     let msg = format!(
         r#"{{"event":"client-bench","channel":"{}-{c}","data":"{data}"}}"#,
         plan.prefix

@@ -7,20 +7,7 @@ use serde_json::{Value, json};
 
 use super::args::{Args, Scenario};
 use super::scenario::RunResult;
-
-fn figure(r: &RunResult, name: &str) -> Option<f64> {
-    r.figures.iter().find(|f| f.0 == name).map(|f| f.1)
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.retain(|x| x.is_finite());
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => None,
-        n if n % 2 == 1 => Some(v[n / 2]),
-        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-    }
-}
+use super::{figure, median_of};
 
 /// Slope and intercept of the least-squares line through `points`; `None` with fewer
 /// than two distinct x.
@@ -71,7 +58,14 @@ pub fn measure(
                 }
             }
         }
-        let m = |name: &str| median(runs.iter().filter_map(|r| figure(r, name)).collect());
+        let m = |name: &str| {
+            let vs: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| figure(r, name))
+                .filter(|v| v.is_finite())
+                .collect();
+            (!vs.is_empty()).then(|| median_of(&vs))
+        };
         let (Some(opened), Some(rss)) = (m("connections"), m("server_rss_after_bytes")) else {
             continue;
         };

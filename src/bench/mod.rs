@@ -312,15 +312,20 @@ fn run_once(args: &Args, k: usize) -> Result<RunResult, String> {
         result.notes.push(format!("server log: {}", log.display()));
     }
     if args.baseline {
-        // Right after the measured window, with the server gone: at the rate asked
-        // for, or with --rate 0 at the rate the server actually delivered.
-        let per_s = match delivery_rate(args) {
-            0.0 => figure(&result, "deliveries_per_s").unwrap_or(0.0),
-            r => r,
-        };
-        scenario::baseline(args, per_s, &mut result)?;
+        // Right after the measured window, with the server gone.
+        add_baseline(args, &mut result)?;
     }
     Ok(result)
+}
+
+/// The same-run baseline at the rate asked for, or with `--rate 0` at the rate the
+/// server actually delivered.
+fn add_baseline(args: &Args, result: &mut RunResult) -> Result<(), String> {
+    let per_s = match delivery_rate(args) {
+        0.0 => figure(result, "deliveries_per_s").unwrap_or(0.0),
+        r => r,
+    };
+    scenario::baseline(args, per_s, result)
 }
 
 /// Figures read from the server's `/proc` entries: without `--server-pid` a
@@ -357,12 +362,8 @@ fn run_target(args: &Args, addr: std::net::SocketAddr) -> Result<RunResult, Stri
             "no server CPU or memory figures: the target's pid was not given (--server-pid)".into(),
         );
     } else if args.baseline {
-        let per_s = match delivery_rate(args) {
-            0.0 => figure(&result, "deliveries_per_s").unwrap_or(0.0),
-            r => r,
-        };
         // The target keeps running: the baseline shares the machine with it.
-        scenario::baseline(args, per_s, &mut result)?;
+        add_baseline(args, &mut result)?;
     }
     Ok(result)
 }
@@ -373,7 +374,7 @@ fn delivery_rate(args: &Args) -> f64 {
     args.rate as f64 * args.connections as f64 / args.channels as f64
 }
 
-fn figure(r: &RunResult, name: &str) -> Option<f64> {
+pub(super) fn figure(r: &RunResult, name: &str) -> Option<f64> {
     r.figures.iter().find(|f| f.0 == name).map(|f| f.1)
 }
 
@@ -668,7 +669,7 @@ fn server_desc(args: &Args) -> String {
     }
 }
 
-fn median_of(vs: &[f64]) -> f64 {
+pub(super) fn median_of(vs: &[f64]) -> f64 {
     let mut v = vs.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {

@@ -13,7 +13,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use hmac::{Hmac, KeyInit, Mac};
 use md5::{Digest, Md5};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelHandle, Canceller};
@@ -147,23 +146,26 @@ pub fn signed_query(plan: &PubPlan, body: &[u8], unix_s: u64) -> String {
         plan.app_key
     );
     let to_sign = format!("POST\n/apps/{}/events\n{query}", plan.app_id);
-    // HMAC accepts keys of any length.
-    let mut mac =
-        Hmac::<sha2::Sha256>::new_from_slice(plan.app_secret.as_bytes()).expect("any key");
-    mac.update(to_sign.as_bytes());
     format!(
         "{query}&auth_signature={}",
-        hex::encode(mac.finalize().into_bytes())
+        ws::hmac_hex(&plan.app_secret, &to_sign)
     )
 }
 
-/// The event body; `data` is `s=SEQ;t=NANOS;pad=xxx` padded to `payload_bytes`.
-pub fn event_body(plan: &PubPlan, channel: usize, seq: u64, t_ns: u64) -> Vec<u8> {
+/// An event's `data`: `s=SEQ;t=NANOS;pad=xxx` padded to `payload_bytes`, what the
+/// receivers parse.
+pub fn event_data(plan: &PubPlan, seq: u64, t_ns: u64) -> String {
     let mut data = format!("s={seq};t={t_ns};pad=");
     if data.len() < plan.payload_bytes {
         let pad = plan.payload_bytes - data.len();
         data.extend(std::iter::repeat_n('x', pad));
     }
+    data
+}
+
+/// The event body, with [`event_data`].
+pub fn event_body(plan: &PubPlan, channel: usize, seq: u64, t_ns: u64) -> Vec<u8> {
+    let data = event_data(plan, seq, t_ns);
     format!(
         r#"{{"name":"bench","channel":"{}-{channel}","data":"{data}"}}"#,
         plan.prefix

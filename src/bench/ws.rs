@@ -219,13 +219,19 @@ pub struct Auth {
 impl Auth {
     /// The `auth` field of a private channel's `pusher:subscribe`.
     pub fn sign(&self, socket_id: &str, channel: &str) -> String {
-        use hmac::{Hmac, KeyInit, Mac};
-        // HMAC accepts keys of any length.
-        let mut mac =
-            Hmac::<sha2::Sha256>::new_from_slice(self.secret.as_bytes()).expect("any key");
-        mac.update(format!("{socket_id}:{channel}").as_bytes());
-        format!("{}:{}", self.key, hex::encode(mac.finalize().into_bytes()))
+        let mac = hmac_hex(&self.secret, &format!("{socket_id}:{channel}"));
+        format!("{}:{mac}", self.key)
     }
+}
+
+/// Hex HMAC-SHA256 of `message` with `secret`, as Pusher signs REST requests and
+/// channel subscriptions.
+pub fn hmac_hex(secret: &str, message: &str) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    // HMAC accepts keys of any length.
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key");
+    mac.update(message.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// The socket id in a `pusher:connection_established` message, whose `data` is a
