@@ -61,6 +61,7 @@ pub const VARS: &[EnvVar] = &[
     var("CORECAST_PRESENCE_MEMBER_REMOVED_DELAY_MS", "presence.memberRemovedDelayMs", "0", "ms a presence member whose last socket left stays listed; a return within it sends clients neither member_removed nor member_added (0: off)"),
     var("CORECAST_REDIS_INTEREST", "adapter.redis.interest", "true", "redis adapter: a node receives only the events of channels it has subscribers for"),
     var("CORECAST_RING_CAPACITY", "ringCapacity", "16384", "envelopes per shard-to-shard ring"),
+    var("CORECAST_SEND_BATCH", "sendBatch", "true", "io_uring shards hand a flush's sends to the kernel as one batch (one syscall) instead of one send each"),
     var("CORECAST_SHARDS", "shards", "(available cores)", "shard threads, one per core"),
     var("CORECAST_WEBHOOK_QUEUE_CLAIM_TIMEOUT_MS", "queue.redis.claimTimeoutMs", "30000", "redis queue: a dead node's partitions and pending webhook jobs are taken over within this"),
     var("CORECAST_WEBHOOK_QUEUE_MAX_ATTEMPTS", "queue.redis.maxAttempts", "5", "redis queue: attempts per webhook job before the dead-letter stream"),

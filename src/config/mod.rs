@@ -67,6 +67,9 @@ pub struct Config {
     /// Bound of one connection's send queue; a slower reader is closed
     /// (`CORECAST_MAX_OUTBOUND_KB`, `maxOutboundKb`), 1024 KiB.
     pub max_outbound_bytes: usize,
+    /// `flush_dirty` submits a flush's sends as one batch of io_uring operations instead
+    /// of one syscall per socket (`CORECAST_SEND_BATCH`, `sendBatch`); io_uring shards only.
+    pub send_batch: bool,
     /// Largest WebSocket message accepted from a client (`CORECAST_MAX_WS_MESSAGE_KB`,
     /// `maxWsMessageKb`), 256 KiB.
     pub max_ws_message_bytes: usize,
@@ -249,6 +252,7 @@ impl Default for Config {
             activity_timeout: Duration::from_secs(120),
             pong_timeout: Duration::from_secs(30),
             max_outbound_bytes: 1024 * 1024,
+            send_batch: true,
             max_ws_message_bytes: 256 * 1024,
             max_http_body_bytes: 100 * 1024 * 1024,
             ring_capacity: 16384,

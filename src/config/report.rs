@@ -430,6 +430,7 @@ fn effective(c: &Config, key: &str) -> Option<Option<String>> {
         "activityTimeout" => secs(c.activity_timeout),
         "pongTimeout" => secs(c.pong_timeout),
         "channelLimits.cacheTtl" => secs(c.cache_ttl),
+        "sendBatch" => n(&c.send_batch),
         "maxOutboundKb" => n(&(c.max_outbound_bytes / 1024)),
         "maxWsMessageKb" => n(&(c.max_ws_message_bytes / 1024)),
         "ringCapacity" => n(&c.ring_capacity),

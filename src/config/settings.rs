@@ -55,6 +55,7 @@ impl Builder {
             "activityTimeout" => c.activity_timeout = value::seconds(&raw, o, 1)?,
             "pongTimeout" => c.pong_timeout = value::seconds(&raw, o, 1)?,
             "channelLimits.cacheTtl" => c.cache_ttl = value::seconds(&raw, o, 1)?,
+            "sendBatch" => c.send_batch = value::boolean(&raw, o)?,
             "maxOutboundKb" => c.max_outbound_bytes = value::size(&raw, o, 1)?.saturating_mul(1024),
             "maxWsMessageKb" => {
                 c.max_ws_message_bytes = value::size(&raw, o, 1)?.saturating_mul(1024)

@@ -31,6 +31,7 @@ type Check = fn(&Config) -> bool;
 const CASES: &[(&str, &str, Check)] = &[
     ("CORECAST_ACTIVITY_TIMEOUT", "60", |c| c.activity_timeout == Duration::from_secs(60)),
     ("CORECAST_MAX_OUTBOUND_KB", "64", |c| c.max_outbound_bytes == 64 * 1024),
+    ("CORECAST_SEND_BATCH", "false", |c| !c.send_batch),
     ("CORECAST_MAX_WS_MESSAGE_KB", "8", |c| c.max_ws_message_bytes == 8 * 1024),
     ("CORECAST_PONG_TIMEOUT", "10", |c| c.pong_timeout == Duration::from_secs(10)),
     ("CORECAST_RING_CAPACITY", "1024", |c| c.ring_capacity == 1024),

@@ -140,6 +140,21 @@ impl Outbound {
         usize::from(self.front.is_some()) + self.rest.len()
     }
 
+    /// The one frame queued (from `offset` on), when exactly one is: what a batched send
+    /// carries.
+    #[must_use]
+    pub fn lone(&self) -> Option<&[u8]> {
+        match (&self.front, self.rest.is_empty()) {
+            (Some(front), true) => Some(&front[self.offset..]),
+            _ => None,
+        }
+    }
+
+    /// Records that the kernel took `sent` bytes of a batched send of [`Outbound::lone`].
+    pub fn sent(&mut self, sent: usize) {
+        self.advance(sent);
+    }
+
     /// The queued frames in order, the first from `offset` on.
     fn parts(&self) -> impl Iterator<Item = &[u8]> {
         let front = self.front.as_ref().map(|f| &f[self.offset..]);

@@ -14,6 +14,7 @@ mod lease;
 mod lifecycle;
 mod publish;
 mod query;
+mod sendbatch;
 mod session;
 mod subscribe;
 mod sweep;
@@ -88,6 +89,9 @@ pub struct Shard {
     pub bridge: Option<usize>,
     /// Connections with queued frames not yet handed to the kernel.
     dirty: RefCell<Vec<ConnKey>>,
+    /// The ring `flush_dirty` submits its sends through (`CORECAST_SEND_BATCH` on an
+    /// io_uring shard); `None` sends each socket's frames with its own syscall.
+    send_batch: RefCell<Option<sendbatch::SendBatch>>,
     /// The read buffer, taken out while in use.
     scratch: RefCell<Vec<u8>>,
     /// Source of connection serials and socket ids.
@@ -248,6 +252,7 @@ pub fn spawn(
                 conns: RefCell::new(Slab::new()),
                 outbox: RefCell::new(outbox),
                 dirty: RefCell::new(Vec::new()),
+                send_batch: RefCell::new(None),
                 scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
                 next_serial: Cell::new(0),
                 metrics,
@@ -271,6 +276,9 @@ pub fn spawn(
                 }
             };
             shard.metrics.set_io_driver(driver);
+            if shard.config.send_batch && driver == IoDriver::IoUring {
+                *shard.send_batch.borrow_mut() = sendbatch::SendBatch::new().ok();
+            }
             shard.server.record_io_driver(id, driver, why);
             runtime.block_on(serve(shard, inbox, startup));
         })

@@ -180,13 +180,18 @@ impl Shard {
     }
 
     /// Hands every queued frame to the kernel; sockets that are full get a writer task.
+    ///
+    /// With a send ring (`CORECAST_SEND_BATCH`), every plain socket with one frame queued
+    /// (nearly every delivery) is one entry of a batch submitted with a single syscall;
+    /// what the batch leaves (partial sends, several frames, TLS) goes direct.
     pub fn flush_dirty(self: &Rc<Self>) {
         let keys = std::mem::take(&mut *self.dirty.borrow_mut());
         if keys.is_empty() {
             return;
         }
         let mut conns = self.conns.borrow_mut();
-        for &key in &keys {
+        let mut ring = self.send_batch.borrow_mut();
+        for (i, &key) in keys.iter().enumerate() {
             let Some(c) = conns.get_mut(key) else {
                 continue;
             };
@@ -194,20 +199,31 @@ impl Shard {
             if c.writer_active {
                 continue;
             }
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&*c.stream);
-            match c.flush() {
-                Flushed::Done => {
-                    if c.closing.is_some() {
-                        conn::shutdown(fd, libc::SHUT_WR);
-                    }
+            if let Some(batch) = ring.as_mut()
+                && c.tls.is_none()
+                && let Some(frame) = c.out.lone()
+            {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&*c.stream);
+                // SAFETY: the frame is held by the connection's queue, which nothing
+                // touches until the batch is submitted below (`conns` stays borrowed).
+                unsafe { batch.push(fd, frame, i) };
+                if !batch.has_room() {
+                    self.finish_batch(batch, &keys, &mut conns);
                 }
-                Flushed::Blocked => {
-                    c.writer_active = true;
-                    monoio::spawn(writer(Rc::clone(self), key, c.serial, Rc::clone(&c.stream)));
-                }
-                Flushed::Failed => conn::shutdown(fd, libc::SHUT_RDWR),
+                continue;
+            }
+            let result = c.flush();
+            self.flushed(key, c, result);
+        }
+        if let Some(batch) = ring.as_mut() {
+            if batch.queued() > 0 {
+                self.finish_batch(batch, &keys, &mut conns);
+            }
+            if batch.is_broken() {
+                *ring = None;
             }
         }
+        drop(ring);
         drop(conns);
         // Give the vector back so its capacity is reused.
         let mut keys = keys;
@@ -215,6 +231,53 @@ impl Shard {
         let mut dirty = self.dirty.borrow_mut();
         if dirty.is_empty() {
             *dirty = keys;
+        }
+    }
+
+    /// Submits `batch` and settles each connection in it: done, partly sent (the rest goes
+    /// direct), full (a writer task) or failed.
+    fn finish_batch(
+        self: &Rc<Self>,
+        batch: &mut super::sendbatch::SendBatch,
+        keys: &[ConnKey],
+        conns: &mut slab::Slab<conn::Conn>,
+    ) {
+        for &(i, result) in batch.submit() {
+            let key = keys[i];
+            let Some(c) = conns.get_mut(key) else {
+                continue;
+            };
+            let flushed = match result {
+                n if n >= 0 => {
+                    c.out.sent(n as usize);
+                    if c.out.is_empty() {
+                        Flushed::Done
+                    } else {
+                        c.flush()
+                    }
+                }
+                n if n == -libc::EAGAIN => Flushed::Blocked,
+                n if n == -libc::EINTR || n == -libc::ECANCELED => c.flush(),
+                _ => Flushed::Failed,
+            };
+            self.flushed(key, c, flushed);
+        }
+    }
+
+    /// Acts on what a flush of `c` achieved.
+    fn flushed(self: &Rc<Self>, key: ConnKey, c: &mut conn::Conn, result: Flushed) {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*c.stream);
+        match result {
+            Flushed::Done => {
+                if c.closing.is_some() {
+                    conn::shutdown(fd, libc::SHUT_WR);
+                }
+            }
+            Flushed::Blocked => {
+                c.writer_active = true;
+                monoio::spawn(writer(Rc::clone(self), key, c.serial, Rc::clone(&c.stream)));
+            }
+            Flushed::Failed => conn::shutdown(fd, libc::SHUT_RDWR),
         }
     }
 }

@@ -256,7 +256,12 @@ pub fn upgrade_request(path: &str) -> String {
 impl Ws {
     /// Connects and upgrades on `path`, asserting the 101; returns the client.
     pub fn connect(port: u16, path: &str) -> Ws {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        Ws::upgrade(stream, path)
+    }
+
+    /// Upgrades an already connected `stream` on `path`, asserting the 101.
+    pub fn upgrade(mut stream: TcpStream, path: &str) -> Ws {
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
