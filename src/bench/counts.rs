@@ -5,7 +5,9 @@
 //!   counting the kernel's `raw_syscalls:sys_enter` and `io_uring:io_uring_submit_req`
 //!   tracepoints (no hardware counters needed, so it works in VMs);
 //! - heap allocations: the server's `corecast_heap_allocations_total` (a server built
-//!   with `--features count-alloc`; absent otherwise);
+//!   with `--features count-alloc`; absent otherwise), everything the process allocates
+//!   (REST requests included), and `corecast_delivery_heap_allocations_total`, what the
+//!   shards allocate while queueing frames on subscribers and flushing their sockets;
 //! - bytes written: the server's `socket_transmitted_bytes` (WebSocket bytes handed to
 //!   the kernel) and `http_transmitted_bytes` (REST answers).
 //!
@@ -109,6 +111,12 @@ impl Counting {
         ];
         if let Some(allocs) = delta("corecast_heap_allocations_total") {
             figures.push(("allocations_per_delivery", allocs / deliveries));
+        }
+        if let Some(allocs) = delta("corecast_delivery_heap_allocations_total") {
+            figures.push((
+                "delivery_path_allocations_per_delivery",
+                allocs / deliveries,
+            ));
         }
         let _ = std::fs::remove_file(&self.out);
         Ok(figures)

@@ -406,6 +406,14 @@ impl Registry {
             vec![label("port", &self.port)],
             crate::perf::alloc::allocations() as f64,
         );
+        #[cfg(feature = "count-alloc")]
+        fams.push(
+            "corecast_delivery_heap_allocations_total",
+            "Heap allocations while shards queue frames on subscribers and flush their sockets (count-alloc build).",
+            MetricType::COUNTER,
+            vec![label("port", &self.port)],
+            crate::perf::alloc::delivery_allocations() as f64,
+        );
     }
 
     fn shard_families(&self, fams: &mut Families) {

@@ -16,6 +16,18 @@ use crate::protocol::{ErrorCode, SocketId, error_frame, is_cache_channel};
 use crate::registry::ConnKey;
 use crate::ws::close_frame;
 
+#[cfg(feature = "count-alloc")]
+use crate::perf::alloc::delivery_scope;
+
+/// Without the counting allocator there is nothing to scope.
+#[cfg(not(feature = "count-alloc"))]
+struct DeliveryScope;
+
+#[cfg(not(feature = "count-alloc"))]
+fn delivery_scope() -> DeliveryScope {
+    DeliveryScope
+}
+
 /// Envelopes handled between two flushes.
 const DRAIN_BATCH: usize = 256;
 
@@ -83,6 +95,7 @@ impl Shard {
         let mut evict = Vec::new();
         let mut queued = 0u64;
         {
+            let _scope = delivery_scope();
             let mut conns = self.conns.borrow_mut();
             let mut dirty = self.dirty.borrow_mut();
             let limit = self.config.max_outbound_bytes;
@@ -185,10 +198,12 @@ impl Shard {
     /// (nearly every delivery) is one entry of a batch submitted with a single syscall;
     /// what the batch leaves (partial sends, several frames, TLS) goes direct.
     pub fn flush_dirty(self: &Rc<Self>) {
-        let keys = std::mem::take(&mut *self.dirty.borrow_mut());
-        if keys.is_empty() {
+        let _scope = delivery_scope();
+        if self.dirty.borrow().is_empty() {
+            // Taking the empty vector would drop the capacity it keeps for the next batch.
             return;
         }
+        let keys = std::mem::take(&mut *self.dirty.borrow_mut());
         let mut conns = self.conns.borrow_mut();
         let mut ring = self.send_batch.borrow_mut();
         for (i, &key) in keys.iter().enumerate() {
