@@ -17,9 +17,10 @@ use super::error::WsError;
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// Bytes reserved in front of compressed data for the largest header (2 + 8).
 const HEADROOM: usize = 10;
-/// The deflate level: 6 is zlib's default; lower levels cost less CPU and compress JSON
-/// worse, higher ones cost more for little gain.
-const LEVEL: u32 = 6;
+/// The deflate level. On ordinary JSON text 3 compresses within a few percent of zlib's
+/// default 6 (10 KB to 19 % against 17 %) for a third to a sixth of the CPU; 1 is
+/// cheaper still but leaves 29 %.
+const LEVEL: u32 = 3;
 /// First output buffer of an inflate; it doubles up to the message limit.
 const INFLATE_FIRST_BYTES: usize = 16 * 1024;
 /// An inflate buffer larger than this is given back after the message instead of kept.
