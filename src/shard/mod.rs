@@ -6,6 +6,7 @@
 //! once-a-second sweep for activity timeouts and stuck closes.
 
 mod apps;
+mod compressed;
 mod conn;
 mod counts;
 mod driver;
