@@ -10,6 +10,8 @@
 //!
 //! The per-connection loop is the shape the real connection driver takes: read, feed the
 //! decoder, queue answers, write, and close after a close frame or a protocol error.
+//! A client offering permessage-deflate gets it (no context takeover either way): its
+//! compressed messages are inflated and every echo goes back compressed.
 
 use std::io;
 
@@ -19,7 +21,9 @@ use monoio::net::{TcpListener, TcpStream};
 use monoio_codec::{Decoded, Decoder as _};
 use monoio_http::h1::codec::decoder::RequestHeadDecoder;
 
-use corecast::ws::{self, Decoder, Event, Flow, HandshakeError, OpCode};
+use corecast::ws::{
+    self, Decoder, Deflate, Deflater, Event, Flow, HandshakeError, Inflater, OpCode,
+};
 
 /// Autobahn's 9.x cases send messages of up to 16 MiB.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -72,16 +76,25 @@ async fn serve(mut stream: TcpStream) -> io::Result<()> {
         }
         head_bytes.extend_from_slice(&buf[..n]);
     };
-    let response = match ws::upgrade_response(&head.method, head.version, &head.headers) {
+    let deflate = ws::negotiate(&head.headers);
+    let response = match ws::upgrade_response_with(
+        &head.method,
+        head.version,
+        &head.headers,
+        deflate.as_ref(),
+    ) {
         Ok(response) => response,
         Err(err) => return send_and_close(stream, err.error_response()).await,
     };
     send(&mut stream, response.to_vec()).await?;
 
-    let mut decoder = Decoder::new(MAX_MESSAGE_BYTES);
+    let mut conn = Echo {
+        decoder: Decoder::new(MAX_MESSAGE_BYTES),
+        deflate: deflate.map(|d| (d, Deflater::default(), Inflater::default())),
+    };
     let mut out = Vec::new();
     // Frames the client sent right behind its request head.
-    let mut closing = answer(&mut decoder, &mut head_bytes, &mut out);
+    let mut closing = conn.answer(&mut head_bytes, &mut out);
     loop {
         if !out.is_empty() {
             out = send(&mut stream, out).await?;
@@ -95,41 +108,73 @@ async fn serve(mut stream: TcpStream) -> io::Result<()> {
         if n == 0 {
             return Ok(());
         }
-        closing = answer(&mut decoder, &mut buf[..n], &mut out);
+        closing = conn.answer(&mut buf[..n], &mut out);
     }
 }
 
-/// Decodes one read and appends the answers to `out`: echoes, pongs, and the close frame
-/// on a close or a protocol error. True when the connection must close once `out` is sent.
-fn answer(decoder: &mut Decoder, data: &mut [u8], out: &mut Vec<u8>) -> bool {
-    let mut closing = false;
-    let result = decoder.feed(data, |event| {
-        match event {
-            Event::Text(payload) => echo(out, OpCode::Text, payload),
-            Event::Binary(payload) => echo(out, OpCode::Binary, payload),
-            Event::Ping(payload) => out.extend_from_slice(&ws::pong_frame(payload)),
-            Event::Pong(_) => {}
-            Event::Close { code, .. } => {
-                match code {
-                    Some(code) => out.extend_from_slice(&ws::close_frame(code, "")),
-                    None => ws::write_frame_header(out, OpCode::Close, 0),
-                }
-                closing = true;
-                return Flow::Stop;
+/// One connection's decoder and, when negotiated, its deflate state.
+struct Echo {
+    decoder: Decoder,
+    deflate: Option<(Deflate, Deflater, Inflater)>,
+}
+
+impl Echo {
+    /// Decodes one read and appends the answers to `out`: echoes, pongs, and the close
+    /// frame on a close or a protocol error. True when the connection must close once
+    /// `out` is sent.
+    fn answer(&mut self, data: &mut [u8], out: &mut Vec<u8>) -> bool {
+        let mut closing = false;
+        let result = match self.deflate.as_mut() {
+            None => self
+                .decoder
+                .feed(data, |event| on_event(event, None, out, &mut closing)),
+            Some((agreed, deflater, inflater)) => {
+                let bits = agreed.window_bits;
+                self.decoder.feed_inflating(data, inflater, |event| {
+                    on_event(event, Some((deflater, bits)), out, &mut closing)
+                })
             }
+        };
+        if let Err(err) = result {
+            out.extend_from_slice(&ws::close_frame(err.close_code(), ""));
+            closing = true;
         }
-        Flow::Continue
-    });
-    if let Err(err) = result {
-        out.extend_from_slice(&ws::close_frame(err.close_code(), ""));
-        closing = true;
+        closing
     }
-    closing
 }
 
-fn echo(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
-    ws::write_frame_header(out, opcode, payload.len());
-    out.extend_from_slice(payload);
+/// Appends the answer to one event; data messages are compressed when `deflate` is given.
+fn on_event(
+    event: Event<'_>,
+    deflate: Option<(&mut Deflater, u8)>,
+    out: &mut Vec<u8>,
+    closing: &mut bool,
+) -> Flow {
+    match event {
+        Event::Text(payload) => echo(out, OpCode::Text, payload, deflate),
+        Event::Binary(payload) => echo(out, OpCode::Binary, payload, deflate),
+        Event::Ping(payload) => out.extend_from_slice(&ws::pong_frame(payload)),
+        Event::Pong(_) => {}
+        Event::Close { code, .. } => {
+            match code {
+                Some(code) => out.extend_from_slice(&ws::close_frame(code, "")),
+                None => ws::write_frame_header(out, OpCode::Close, 0),
+            }
+            *closing = true;
+            return Flow::Stop;
+        }
+    }
+    Flow::Continue
+}
+
+fn echo(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], deflate: Option<(&mut Deflater, u8)>) {
+    match deflate {
+        Some((deflater, bits)) => out.extend_from_slice(&deflater.frame(opcode, payload, bits)),
+        None => {
+            ws::write_frame_header(out, opcode, payload.len());
+            out.extend_from_slice(payload);
+        }
+    }
 }
 
 /// Reads once into `buf` (from its start); returns the byte count and the buffer.

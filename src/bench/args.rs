@@ -74,6 +74,12 @@ pub struct Args {
     pub idle: Duration,
     /// Length of the event's `data` string in bytes.
     pub payload_bytes: usize,
+    /// Pad `data` with ordinary words instead of `x` (text that compresses as an app's
+    /// JSON does, not to nothing).
+    pub text_payload: bool,
+    /// The started server runs with `CORECAST_WS_COMPRESSION=on` and every client offers
+    /// permessage-deflate and inflates compressed frames.
+    pub compression: bool,
     /// Connections opened concurrently per wave (all client threads together).
     pub batch: usize,
     /// Whole-scenario repetitions, each with a fresh server.
@@ -147,6 +153,9 @@ usage: corecast bench [options]
   --drain-max SECS       then wait on while deliveries still arrive, up to (default 30)
   --idle SECS            memory scenario idle time (default 5)
   --payload BYTES        data string length (default 100)
+  --text-payload         pad data with ordinary words instead of x
+  --compression          the started server runs with CORECAST_WS_COMPRESSION=on; clients
+                         offer permessage-deflate and inflate (and check) what comes compressed
   --batch N              connections per wave (default 500)
   --runs K               repetitions, median reported (default 1)
   --client-threads N     (default 1)
@@ -209,9 +218,16 @@ impl Args {
             if arg == "--help" || arg == "-h" {
                 return Err(String::new());
             }
-            if let Some(flag) = ["baseline", "json", "system-counts", "sweep"]
-                .iter()
-                .find(|f| arg.strip_prefix("--") == Some(**f))
+            if let Some(flag) = [
+                "baseline",
+                "json",
+                "system-counts",
+                "sweep",
+                "text-payload",
+                "compression",
+            ]
+            .iter()
+            .find(|f| arg.strip_prefix("--") == Some(**f))
             {
                 pairs.push(((*flag).into(), "true".into()));
                 continue;
@@ -259,6 +275,8 @@ impl Args {
             drain_max: Duration::from_secs(30),
             idle: Duration::from_secs(5),
             payload_bytes: 100,
+            text_payload: false,
+            compression: false,
             batch: 500,
             runs: 1,
             client_threads: 1,
@@ -302,6 +320,8 @@ impl Args {
                 "drain-max" => a.drain_max = secs(&name, &v)?,
                 "idle" => a.idle = secs(&name, &v)?,
                 "payload" => a.payload_bytes = num(&name, &v)?,
+                "text-payload" => a.text_payload = flag(&name, &v)?,
+                "compression" => a.compression = flag(&name, &v)?,
                 "batch" => a.batch = num(&name, &v)?,
                 "runs" => a.runs = num(&name, &v)?,
                 "client-threads" => a.client_threads = num(&name, &v)?,

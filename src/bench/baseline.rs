@@ -48,9 +48,7 @@ impl Baseline {
 pub fn delivery_frame(args: &Args) -> Vec<u8> {
     // Sequence and timestamp of typical width in the middle of a run.
     let mut data = String::from("s=12345;t=12345678901;pad=");
-    if data.len() < args.payload_bytes {
-        data.extend(std::iter::repeat_n('x', args.payload_bytes - data.len()));
-    }
+    super::publish::pad(&mut data, args.payload_bytes, args.text_payload, 12345);
     let json = format!(
         r#"{{"event":"bench","channel":"{}-{}","data":"{data}"}}"#,
         args.scenario.channel_prefix(),

@@ -403,17 +403,39 @@ async fn read_loop(
     cancel: monoio::io::CancelHandle,
 ) -> ConnResult {
     let mut frag: Vec<u8> = Vec::new();
+    let mut frag_compressed = false;
     let mut replies: Vec<Vec<u8>> = Vec::new();
     loop {
         while let Some(f) = conn.frames.next_frame() {
             let payload = conn.frames.bytes(&f.payload);
             match f.opcode {
+                OP_TEXT if f.fin && f.rsv1 => {
+                    let inflated = ws::with_inflated(payload, |text| {
+                        on_text(text, &mut track, &recv, &shared, &mut replies);
+                    });
+                    if inflated.is_none() {
+                        track.res.bogus += 1;
+                    }
+                }
                 OP_TEXT if f.fin => on_text(payload, &mut track, &recv, &shared, &mut replies),
                 OP_TEXT | OP_CONT => {
+                    if f.opcode == OP_TEXT {
+                        frag_compressed = f.rsv1;
+                    }
                     frag.extend_from_slice(payload);
                     if f.fin {
-                        on_text(&frag, &mut track, &recv, &shared, &mut replies);
-                        frag.clear();
+                        let whole = std::mem::take(&mut frag);
+                        let ok = if frag_compressed {
+                            ws::with_inflated(&whole, |text| {
+                                on_text(text, &mut track, &recv, &shared, &mut replies);
+                            })
+                        } else {
+                            on_text(&whole, &mut track, &recv, &shared, &mut replies);
+                            Some(())
+                        };
+                        if ok.is_none() {
+                            track.res.bogus += 1;
+                        }
                     }
                 }
                 OP_PING => replies.push(ws::client_frame(OP_PONG, payload)),

@@ -74,6 +74,7 @@ pub fn main(raw: Vec<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    ws::offer_deflate(args.compression);
     let most = args
         .sizes
         .iter()
@@ -292,6 +293,9 @@ fn run_once(args: &Args, k: usize) -> Result<RunResult, String> {
             "SOKETI_DEFAULT_APP_ENABLE_CLIENT_MESSAGES",
             "true".to_string(),
         ));
+    }
+    if args.compression {
+        env.push(("CORECAST_WS_COMPRESSION", "on".to_string()));
     }
     let mut server = Server::spawn(args, args.port, &tag, &env)?;
     server.metrics_port = metrics_port;
@@ -640,6 +644,8 @@ fn report(args: &Args, results: &[RunResult], failures: &[String]) -> Value {
             "duration_s": args.duration.as_secs_f64(),
             "warmup_s": args.warmup.as_secs_f64(),
             "payload_bytes": args.payload_bytes,
+            "text_payload": args.text_payload,
+            "compression": args.compression,
             "batch": args.batch,
             "client_threads": args.client_threads,
             "publishers": args.publishers,

@@ -37,6 +37,8 @@ pub struct PubPlan {
     /// Events per second, all channels together; 0 = flat out.
     pub rate: u64,
     pub payload_bytes: usize,
+    /// Pad with ordinary words rather than `x` (`--text-payload`).
+    pub text_payload: bool,
     pub publishers: usize,
     /// Publishing window, nanoseconds since `Shared::base`.
     pub start_ns: u64,
@@ -156,11 +158,56 @@ pub fn signed_query(plan: &PubPlan, body: &[u8], unix_s: u64) -> String {
 /// receivers parse.
 pub fn event_data(plan: &PubPlan, seq: u64, t_ns: u64) -> String {
     let mut data = format!("s={seq};t={t_ns};pad=");
-    if data.len() < plan.payload_bytes {
-        let pad = plan.payload_bytes - data.len();
-        data.extend(std::iter::repeat_n('x', pad));
-    }
+    pad(&mut data, plan.payload_bytes, plan.text_payload, seq);
     data
+}
+
+/// Pads `data` to `len` bytes: with `x`, or with ordinary lower-case words (picked by a
+/// small generator seeded with `seed`, so events differ) for `--text-payload`.
+pub fn pad(data: &mut String, len: usize, text: bool, seed: u64) {
+    const WORDS: [&str; 24] = [
+        "order",
+        "shipped",
+        "customer",
+        "warehouse",
+        "delivery",
+        "status",
+        "updated",
+        "payment",
+        "received",
+        "invoice",
+        "pending",
+        "address",
+        "changed",
+        "review",
+        "the",
+        "for",
+        "item",
+        "with",
+        "price",
+        "total",
+        "account",
+        "message",
+        "new",
+        "and",
+    ];
+    if !text {
+        data.extend(std::iter::repeat_n('x', len.saturating_sub(data.len())));
+        return;
+    }
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005) | 1;
+    while data.len() < len {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let word = WORDS[(state >> 33) as usize % WORDS.len()];
+        data.push_str(word);
+        data.push(' ');
+        if state >> 60 == 0 {
+            data.push_str(&format!("{} ", (state >> 40) % 10_000));
+        }
+    }
+    data.truncate(len);
 }
 
 /// The event body, with [`event_data`].

@@ -520,6 +520,7 @@ fn delivery(
         channels: args.channels,
         rate: args.rate,
         payload_bytes: args.payload_bytes,
+        text_payload: args.text_payload,
         publishers: args.publishers,
         start_ns: 0,
         end_ns: 0,

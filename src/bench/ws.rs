@@ -1,13 +1,17 @@
 //! A minimal Pusher WebSocket client: handshake, subscribe, then frames out of a
 //! reusable buffer. Parses only what the load generator needs.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent};
 use monoio::net::TcpStream;
+
+use corecast::ws::Inflater;
 
 /// Initial read buffer per connection; grows for larger frames.
 const READ_BUF_BYTES: usize = 4096;
@@ -45,10 +49,39 @@ impl OpenError {
     }
 }
 
+/// Whether clients offer permessage-deflate (`--compression`); set once before any opens.
+static OFFER_DEFLATE: AtomicBool = AtomicBool::new(false);
+
+/// Makes every later [`open`] offer permessage-deflate and insist on the server's answer.
+pub fn offer_deflate(on: bool) {
+    OFFER_DEFLATE.store(on, Ordering::Relaxed);
+}
+
+/// The largest message a client inflates (the server's compressed frames are events).
+const MAX_INFLATED_BYTES: usize = 16 << 20;
+
+thread_local! {
+    /// One inflater per client thread, reset per message (no context takeover).
+    static INFLATER: RefCell<Inflater> = RefCell::new(Inflater::default());
+}
+
+/// Inflates a compressed message's payload and hands the text to `f`; `None` when it
+/// is not valid deflate.
+pub fn with_inflated<R>(payload: &[u8], f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    INFLATER.with_borrow_mut(|inflater| {
+        inflater
+            .inflate(payload, MAX_INFLATED_BYTES)
+            .ok()
+            .map(|text| f(text))
+    })
+}
+
 /// A frame located in a `FrameBuf`.
 #[derive(Clone, Debug)]
 pub struct FrameRef {
     pub fin: bool,
+    /// RSV1: a permessage-deflate compressed message.
+    pub rsv1: bool,
     pub opcode: u8,
     pub payload: Range<usize>,
 }
@@ -75,6 +108,7 @@ impl FrameBuf {
             return None;
         }
         let (fin, opcode, masked) = (b[0] & 0x80 != 0, b[0] & 0x0f, b[1] & 0x80 != 0);
+        let rsv1 = b[0] & 0x40 != 0;
         let (mut header, len): (usize, usize) = match b[1] & 0x7f {
             126 if b.len() >= 4 => (4, u16::from_be_bytes([b[2], b[3]]) as usize),
             127 if b.len() >= 10 => {
@@ -108,6 +142,7 @@ impl FrameBuf {
         self.pos += total;
         Some(FrameRef {
             fin,
+            rsv1,
             opcode,
             payload: start..start + len,
         })
@@ -256,9 +291,15 @@ pub async fn open(
         .await
         .map_err(|e| OpenError::new("connect", e.to_string()))?;
     let _ = stream.set_nodelay(true);
+    let deflate = OFFER_DEFLATE.load(Ordering::Relaxed);
+    let offer = if deflate {
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    } else {
+        ""
+    };
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: bG9hZGdlbi1rZXktMDAwMA==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: bG9hZGdlbi1rZXktMDAwMA==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     );
     let (res, _) = stream.write_all(req.into_bytes()).await;
     res.map_err(|e| OpenError::new("handshake", format!("write: {e}")))?;
@@ -282,6 +323,12 @@ pub async fn open(
                 return Err(OpenError::new(
                     "handshake",
                     format!("expected 101, got {:?}", String::from_utf8_lossy(line)),
+                ));
+            }
+            if deflate && find(&head.to_ascii_lowercase(), b"permessage-deflate").is_none() {
+                return Err(OpenError::new(
+                    "handshake",
+                    "the server did not agree to permessage-deflate",
                 ));
             }
             frames.pos = end + 4;

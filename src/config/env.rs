@@ -68,6 +68,8 @@ pub const VARS: &[EnvVar] = &[
     var("CORECAST_WEBHOOK_QUEUE_MAX_LENGTH", "queue.redis.maxLength", "100000", "redis queue: approximate MAXLEN of each partition stream"),
     var("CORECAST_WEBHOOK_QUEUE_PARTITIONS", "queue.redis.partitions", "16", "redis queue: streams the jobs are spread over, each sent by one node at a time"),
     var("CORECAST_WEBHOOK_VACATE_DELAY_MS", "webhooks.vacateDelayMs", "3000", "ms channel_vacated and member_removed webhooks wait; a return within it sends neither them nor the occupied/added webhook"),
+    var("CORECAST_WS_COMPRESSION", "wsCompression", "off", "permessage-deflate for clients that offer it: on or off; each event is compressed once per shard"),
+    var("CORECAST_WS_COMPRESSION_MIN_BYTES", "wsCompressionMinBytes", "1024", "with compression on, frames whose payload is smaller go uncompressed"),
     var("SOKETI_ADAPTER_CLUSTER_REQUESTS_TIMEOUT", "adapter.cluster.requestsTimeout", "5000", IGNORED),
     var("SOKETI_ADAPTER_DRIVER", "adapter.driver", "local", "local or redis; cluster and nats are rejected"),
     var("SOKETI_ADAPTER_NATS_CREDENTIALS", "adapter.nats.credentials", "null", IGNORED),

@@ -78,6 +78,12 @@ pub struct Config {
     pub max_http_body_bytes: usize,
     /// Envelopes per shard-to-shard ring (`CORECAST_RING_CAPACITY`, `ringCapacity`), 16384.
     pub ring_capacity: usize,
+    /// Negotiate permessage-deflate with clients that offer it (`CORECAST_WS_COMPRESSION`,
+    /// `wsCompression`), off.
+    pub ws_compression: bool,
+    /// With compression on, frames whose payload is smaller than this go uncompressed
+    /// (`CORECAST_WS_COMPRESSION_MIN_BYTES`, `wsCompressionMinBytes`), 1024.
+    pub ws_compression_min_bytes: usize,
     /// Serve Prometheus `/metrics` (`SOKETI_METRICS_ENABLED`, `metrics.enabled`), false.
     pub metrics_enabled: bool,
     /// Address of the metrics listener (`SOKETI_METRICS_HOST`, `metrics.host`), `0.0.0.0`.
@@ -256,6 +262,8 @@ impl Default for Config {
             max_ws_message_bytes: 256 * 1024,
             max_http_body_bytes: 100 * 1024 * 1024,
             ring_capacity: 16384,
+            ws_compression: false,
+            ws_compression_min_bytes: 1024,
             metrics_enabled: false,
             metrics_host: "0.0.0.0".to_owned(),
             metrics_port: 9601,

@@ -434,6 +434,8 @@ fn effective(c: &Config, key: &str) -> Option<Option<String>> {
         "maxOutboundKb" => n(&(c.max_outbound_bytes / 1024)),
         "maxWsMessageKb" => n(&(c.max_ws_message_bytes / 1024)),
         "ringCapacity" => n(&c.ring_capacity),
+        "wsCompression" => s(if c.ws_compression { "on" } else { "off" }),
+        "wsCompressionMinBytes" => n(&c.ws_compression_min_bytes),
         "maxConnections" => n(&c.max_connections),
         "maxHandshakesPerSec" => n(&c.max_handshakes_per_sec),
         "handshakeBurst" => n(&c.handshake_burst),

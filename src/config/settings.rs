@@ -61,6 +61,8 @@ impl Builder {
                 c.max_ws_message_bytes = value::size(&raw, o, 1)?.saturating_mul(1024)
             }
             "ringCapacity" => c.ring_capacity = value::size(&raw, o, 1)?,
+            "wsCompression" => c.ws_compression = value::on_off(&raw, o)?,
+            "wsCompressionMinBytes" => c.ws_compression_min_bytes = value::size(&raw, o, 0)?,
             "maxConnections" => c.max_connections = value::size(&raw, o, 0)?,
             "maxHandshakesPerSec" => c.max_handshakes_per_sec = value::size(&raw, o, 0)?,
             "handshakeBurst" => c.handshake_burst = value::size(&raw, o, 1)?,

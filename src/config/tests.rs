@@ -46,6 +46,8 @@ const CASES: &[(&str, &str, Check)] = &[
     ("CORECAST_HANDSHAKE_BURST", "7", |c| c.handshake_burst == 7),
     ("CORECAST_APP_MANAGER_MAX_APPS", "50", |c| c.app_manager.max_apps == 50),
     ("CORECAST_IO_DRIVER", "epoll", |c| c.io_driver == IoDriverChoice::Epoll),
+    ("CORECAST_WS_COMPRESSION", "on", |c| c.ws_compression),
+    ("CORECAST_WS_COMPRESSION_MIN_BYTES", "0", |c| c.ws_compression_min_bytes == 0),
     ("CORECAST_SHARDS", "300", |c| c.shards == 300),
     ("SOKETI_ADAPTER_DRIVER", "redis", |c| c.adapter == AdapterDriver::Redis),
     ("SOKETI_ADAPTER_REDIS_PREFIX", "cc", |c| c.redis.channel_prefix == "cc"),

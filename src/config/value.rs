@@ -77,6 +77,15 @@ pub(crate) fn boolean(raw: &Raw, option: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// `on`/`off` (any case), or what [`boolean`] reads.
+pub(crate) fn on_off(raw: &Raw, option: &str) -> Result<bool, ConfigError> {
+    match raw.text().map(|t| t.to_ascii_lowercase()).as_deref() {
+        Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        _ => boolean(raw, option).map_err(|_| raw.invalid(option, "on or off")),
+    }
+}
+
 /// A whole number in `min..=max`.
 pub(crate) fn integer(raw: &Raw, option: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
     let expected = if max == u64::MAX {

@@ -206,6 +206,21 @@ fn counter_family(counter: Counter) -> (&'static str, &'static str, Option<&'sta
             "WebSocket handshakes refused because the app does not allow their Origin.",
             None,
         ),
+        Counter::WsCompressionBytesIn => (
+            "corecast_ws_compression_bytes_in_total",
+            "Payload bytes of published frames compressed for permessage-deflate, before compression.",
+            None,
+        ),
+        Counter::WsCompressionBytesOut => (
+            "corecast_ws_compression_bytes_out_total",
+            "Payload bytes of the same frames after compression.",
+            None,
+        ),
+        Counter::WsFramesCompressed => (
+            "corecast_ws_compressed_frames_total",
+            "Published frames compressed, once per shard and window size.",
+            None,
+        ),
     }
 }
 

@@ -41,11 +41,17 @@ pub enum Counter {
     /// WebSocket handshakes refused because their `Origin` is not in the app's
     /// `allowedOrigins`.
     OriginsRejected,
+    /// Payload bytes of published frames compressed for permessage-deflate, before.
+    WsCompressionBytesIn,
+    /// The same frames' payload bytes once compressed.
+    WsCompressionBytesOut,
+    /// Published frames compressed (once per shard and window size, not per socket).
+    WsFramesCompressed,
 }
 
 impl Counter {
     /// How many variants there are: the length of the per-shard counter array.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 14;
 
     /// Every variant, in index order.
     pub const ALL: [Counter; Counter::COUNT] = [
@@ -60,6 +66,9 @@ impl Counter {
         Counter::HandshakesRejected,
         Counter::AppLookupsRefused,
         Counter::OriginsRejected,
+        Counter::WsCompressionBytesIn,
+        Counter::WsCompressionBytesOut,
+        Counter::WsFramesCompressed,
     ];
 
     const fn index(self) -> usize {

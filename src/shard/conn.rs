@@ -56,6 +56,8 @@ pub struct Conn {
     pub opened_at: Instant,
     /// Client events in the current one-second window: `(window start, count)`.
     pub client_events: (Instant, u32),
+    /// permessage-deflate, when the client negotiated it: the server's window bits.
+    pub deflate: Option<crate::ws::Deflate>,
 }
 
 impl Conn {

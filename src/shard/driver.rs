@@ -205,7 +205,17 @@ async fn upgrade(shard: Rc<Shard>, mut link: Link, head: RequestHead) {
         let _ = respond(&mut link, &http::error(404, "Not found."), false).await;
         return;
     };
-    let response = match ws::upgrade_response(&head.method, head.version, &head.headers) {
+    let deflate = shard
+        .config
+        .ws_compression
+        .then(|| ws::negotiate(&head.headers))
+        .flatten();
+    let response = match ws::upgrade_response_with(
+        &head.method,
+        head.version,
+        &head.headers,
+        deflate.as_ref(),
+    ) {
         Ok(r) => r,
         Err(e) => {
             let mut resp = http::error(e.status(), &e.to_string());
@@ -292,6 +302,7 @@ async fn upgrade(shard: Rc<Shard>, mut link: Link, head: RequestHead) {
         client_events: (now, 0),
         leased_slot,
         tls,
+        deflate,
     });
     if shard.config.debug {
         eprintln!(

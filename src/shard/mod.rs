@@ -6,6 +6,7 @@
 //! once-a-second sweep for activity timeouts and stuck closes.
 
 mod apps;
+mod compressed;
 mod conn;
 mod counts;
 mod driver;
@@ -94,6 +95,11 @@ pub struct Shard {
     send_batch: RefCell<Option<sendbatch::SendBatch>>,
     /// The read buffer, taken out while in use.
     scratch: RefCell<Vec<u8>>,
+    /// Compresses published frames for connections that negotiated permessage-deflate:
+    /// one stream per window size for the whole shard, reset between messages.
+    pub deflater: RefCell<crate::ws::Deflater>,
+    /// Inflates compressed client messages of every connection, reset per message.
+    pub inflater: RefCell<crate::ws::Inflater>,
     /// Source of connection serials and socket ids.
     next_serial: Cell<u64>,
     /// This shard's counters; only this thread writes them, a scrape merges all shards.
@@ -254,6 +260,8 @@ pub fn spawn(
                 dirty: RefCell::new(Vec::new()),
                 send_batch: RefCell::new(None),
                 scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
+                deflater: RefCell::new(crate::ws::Deflater::default()),
+                inflater: RefCell::new(crate::ws::Inflater::default()),
                 next_serial: Cell::new(0),
                 metrics,
                 webhooks,

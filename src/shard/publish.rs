@@ -94,6 +94,8 @@ impl Shard {
         };
         let mut evict = Vec::new();
         let mut queued = 0u64;
+        let mut queued_bytes = 0u64;
+        let mut compressed = super::compressed::Compressed::new(self, frame);
         {
             let _scope = delivery_scope();
             let mut conns = self.conns.borrow_mut();
@@ -106,6 +108,8 @@ impl Shard {
                 if c.closing.is_some() || Some(c.socket_id) == except {
                     continue;
                 }
+                let frame = compressed.for_conn(c.deflate);
+                queued_bytes += frame.len() as u64;
                 if !c.out.push(frame.clone(), limit) {
                     evict.push(key);
                     continue;
@@ -118,8 +122,7 @@ impl Shard {
             }
         }
         let app_index = app.0 as usize;
-        self.metrics
-            .add_ws_sent(app_index, queued, queued * frame.len() as u64);
+        self.metrics.add_ws_sent(app_index, queued, queued_bytes);
         drop(registry);
         for key in evict {
             self.evict_slow_reader(key);

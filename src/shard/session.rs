@@ -20,6 +20,11 @@ use crate::ws::{self, Decoder, Event, Flow};
 pub(super) async fn run(shard: &Rc<Shard>, key: ConnKey, stream: &TcpStream) {
     let fd = fd_of(stream);
     let mut decoder = Decoder::new(shard.config.max_ws_message_bytes);
+    let deflate = shard
+        .conns
+        .borrow()
+        .get(key)
+        .is_some_and(|c| c.deflate.is_some());
     loop {
         if stream.readable(false).await.is_err() {
             return;
@@ -29,9 +34,9 @@ pub(super) async fn run(shard: &Rc<Shard>, key: ConnKey, stream: &TcpStream) {
         let keep_going = match got {
             Ok(0) => false,
             Ok(n) => match decrypt(shard, key, &scratch[..n]) {
-                None => handle_bytes(shard, key, &mut decoder, &mut scratch[..n]),
+                None => handle_bytes(shard, key, &mut decoder, deflate, &mut scratch[..n]),
                 Some(Ok(mut plain)) => {
-                    plain.is_empty() || handle_bytes(shard, key, &mut decoder, &mut plain)
+                    plain.is_empty() || handle_bytes(shard, key, &mut decoder, deflate, &mut plain)
                 }
                 Some(Err(_)) => false,
             },
@@ -59,10 +64,18 @@ fn decrypt(shard: &Shard, key: ConnKey, cipher: &[u8]) -> Option<Result<Vec<u8>,
     Some(result)
 }
 
-/// Feeds bytes to the frame decoder; false when the session is over.
-fn handle_bytes(shard: &Rc<Shard>, key: ConnKey, decoder: &mut Decoder, data: &mut [u8]) -> bool {
+/// Feeds bytes to the frame decoder (inflating compressed messages with the shard's
+/// inflater when the connection negotiated permessage-deflate); false when the session
+/// is over.
+fn handle_bytes(
+    shard: &Rc<Shard>,
+    key: ConnKey,
+    decoder: &mut Decoder,
+    deflate: bool,
+    data: &mut [u8],
+) -> bool {
     let mut open = true;
-    let result = decoder.feed(data, |event| {
+    let on_event = |event: Event<'_>| {
         touch(shard, key);
         match event {
             Event::Text(text) => {
@@ -91,7 +104,14 @@ fn handle_bytes(shard: &Rc<Shard>, key: ConnKey, decoder: &mut Decoder, data: &m
             }
         }
         Flow::Continue
-    });
+    };
+    // Nothing an event handler does inflates, so the shard's inflater stays borrowed for
+    // the whole read.
+    let result = if deflate {
+        decoder.feed_inflating(data, &mut shard.inflater.borrow_mut(), on_event)
+    } else {
+        decoder.feed(data, on_event)
+    };
     if let Err(e) = result {
         shard.metrics.inc(Counter::ProtocolErrors, 1);
         shard.begin_close(key, e.close_code(), None);

@@ -7,6 +7,7 @@
 //! holds no heap memory, because a shard keeps tens of thousands of idle connections.
 
 use super::control::parse_close;
+use super::deflate::Inflater;
 use super::header::{FrameKind, Header, MAX_CONTROL_PAYLOAD, MAX_HEADER_BYTES, parse_header};
 use super::mask::{apply_mask, apply_mask_at};
 use super::message::{Message, MessageKind};
@@ -103,6 +104,28 @@ impl Decoder {
     pub fn feed(
         &mut self,
         data: &mut [u8],
+        on_event: impl FnMut(Event<'_>) -> Flow,
+    ) -> Result<(), WsError> {
+        self.decode(data, None, on_event)
+    }
+
+    /// [`Decoder::feed`] on a connection that negotiated permessage-deflate: a message
+    /// whose first frame has RSV1 is inflated with `inflater` (reset per message, so it
+    /// may be shared by many connections) up to the message limit, and handed out like any
+    /// other. Without RSV1 a message is plain, as before.
+    pub fn feed_inflating(
+        &mut self,
+        data: &mut [u8],
+        inflater: &mut Inflater,
+        on_event: impl FnMut(Event<'_>) -> Flow,
+    ) -> Result<(), WsError> {
+        self.decode(data, Some(inflater), on_event)
+    }
+
+    fn decode(
+        &mut self,
+        data: &mut [u8],
+        mut inflater: Option<&mut Inflater>,
         mut on_event: impl FnMut(Event<'_>) -> Flow,
     ) -> Result<(), WsError> {
         let mut pos = 0;
@@ -131,7 +154,7 @@ impl Decoder {
                 let flow = if header.kind.is_control() {
                     deliver_control(header.kind, &self.control_buf[..received], &mut on_event)?
                 } else if header.fin {
-                    self.deliver_message(&mut on_event)?
+                    self.deliver_message(inflater.as_deref_mut(), &mut on_event)?
                 } else {
                     Flow::Continue
                 };
@@ -146,12 +169,20 @@ impl Decoder {
                 return Ok(());
             };
             let len = self.check(&header)?;
+            // RSV1 marks the first frame of a compressed message, and only where
+            // permessage-deflate was negotiated.
+            if header.rsv1
+                && (inflater.is_none()
+                    || !matches!(header.kind, FrameKind::Text | FrameKind::Binary))
+            {
+                return Err(WsError::ReservedBits);
+            }
             if len > data.len() - pos {
                 // The payload is cut by the end of this read: the loop head copies what is
                 // here and the next calls copy the rest.
                 match header.kind {
-                    FrameKind::Text => self.message.start(MessageKind::Text),
-                    FrameKind::Binary => self.message.start(MessageKind::Binary),
+                    FrameKind::Text => self.message.start(MessageKind::Text, header.rsv1),
+                    FrameKind::Binary => self.message.start(MessageKind::Binary, header.rsv1),
                     _ => {}
                 }
                 if !header.kind.is_control() {
@@ -171,6 +202,18 @@ impl Decoder {
                 FrameKind::Close | FrameKind::Ping | FrameKind::Pong => {
                     deliver_control(header.kind, payload, &mut on_event)?
                 }
+                // A whole compressed message: inflated into the shared buffer.
+                FrameKind::Text | FrameKind::Binary if header.fin && header.rsv1 => {
+                    let text = header.kind == FrameKind::Text;
+                    let inflater = inflater.as_deref_mut().ok_or(WsError::ReservedBits)?;
+                    deliver_inflated(
+                        inflater,
+                        text,
+                        payload,
+                        self.max_message_bytes,
+                        &mut on_event,
+                    )?
+                }
                 // The common case: a whole unfragmented message, handed out without a copy.
                 FrameKind::Text if header.fin => {
                     std::str::from_utf8(payload).map_err(|_| WsError::InvalidUtf8)?;
@@ -179,13 +222,13 @@ impl Decoder {
                 FrameKind::Binary if header.fin => on_event(Event::Binary(payload)),
                 FrameKind::Text | FrameKind::Binary | FrameKind::Continuation => {
                     if header.kind == FrameKind::Text {
-                        self.message.start(MessageKind::Text);
+                        self.message.start(MessageKind::Text, header.rsv1);
                     } else if header.kind == FrameKind::Binary {
-                        self.message.start(MessageKind::Binary);
+                        self.message.start(MessageKind::Binary, header.rsv1);
                     }
                     self.message.extend(payload)?;
                     if header.fin {
-                        self.deliver_message(&mut on_event)?
+                        self.deliver_message(inflater.as_deref_mut(), &mut on_event)?
                     } else {
                         Flow::Continue
                     }
@@ -262,13 +305,37 @@ impl Decoder {
     /// Hands the assembled message to the callback, then frees its buffer.
     fn deliver_message(
         &mut self,
+        inflater: Option<&mut Inflater>,
         on_event: &mut impl FnMut(Event<'_>) -> Flow,
     ) -> Result<Flow, WsError> {
-        let (kind, mut buf) = self.message.finish()?;
+        let (kind, compressed, mut buf) = self.message.finish()?;
+        if compressed {
+            let inflater = inflater.ok_or(WsError::ReservedBits)?;
+            let text = kind == MessageKind::Text;
+            return deliver_inflated(inflater, text, &buf, self.max_message_bytes, on_event);
+        }
         Ok(match kind {
             MessageKind::Text => on_event(Event::Text(&mut buf)),
             MessageKind::Binary => on_event(Event::Binary(&mut buf)),
         })
+    }
+}
+
+/// Inflates a complete compressed message (bounded by `max`), checks text for UTF-8 and
+/// hands it to the callback.
+fn deliver_inflated(
+    inflater: &mut Inflater,
+    text: bool,
+    data: &[u8],
+    max: usize,
+    on_event: &mut impl FnMut(Event<'_>) -> Flow,
+) -> Result<Flow, WsError> {
+    let plain = inflater.inflate(data, max)?;
+    if text {
+        std::str::from_utf8(plain).map_err(|_| WsError::InvalidUtf8)?;
+        Ok(on_event(Event::Text(plain)))
+    } else {
+        Ok(on_event(Event::Binary(plain)))
     }
 }
 

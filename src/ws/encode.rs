@@ -29,7 +29,11 @@ pub fn frame_header_len(payload_len: usize) -> usize {
 
 /// Appends the header of an unmasked FIN frame with this payload length (2, 4 or 10 bytes).
 pub fn write_frame_header(out: &mut Vec<u8>, opcode: OpCode, payload_len: usize) {
-    let first = 0x80 | opcode as u8;
+    write_header(out, 0x80 | opcode as u8, payload_len);
+}
+
+/// Appends an unmasked header whose first byte (FIN, RSV bits, opcode) is `first`.
+pub(crate) fn write_header(out: &mut Vec<u8>, first: u8, payload_len: usize) {
     match payload_len {
         0..=125 => out.extend_from_slice(&[first, payload_len as u8]),
         126..=0xffff => {

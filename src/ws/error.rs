@@ -7,7 +7,8 @@
 
 /// Close code 1002: the peer broke the framing rules.
 pub const PROTOCOL_ERROR: u16 = 1002;
-/// Close code 1007: a text message or close reason is not UTF-8.
+/// Close code 1007: a text message or close reason is not UTF-8, or compressed data is
+/// not deflate.
 pub const INVALID_PAYLOAD: u16 = 1007;
 /// Close code 1009: a frame or message is larger than this server accepts.
 pub const MESSAGE_TOO_BIG: u16 = 1009;
@@ -19,7 +20,8 @@ pub enum WsError {
     /// A client frame without the mask bit (RFC 6455 5.1). Close with 1002.
     #[error("client frame is not masked")]
     Unmasked,
-    /// RSV1-3 set although no extension was negotiated. Close with 1002.
+    /// RSV1-3 set although no extension was negotiated, or RSV1 on a control frame or a
+    /// continuation. Close with 1002.
     #[error("reserved bits set without a negotiated extension")]
     ReservedBits,
     /// Opcode 3-7 or 11-15. Close with 1002.
@@ -49,8 +51,12 @@ pub enum WsError {
     /// A text message (or close reason) that is not UTF-8. Close with 1007.
     #[error("text payload is not valid UTF-8")]
     InvalidUtf8,
+    /// A compressed message (permessage-deflate) whose data is not valid deflate. Close
+    /// with 1007.
+    #[error("compressed message is not valid deflate data")]
+    InvalidDeflate,
     /// A frame or message (sum of its fragments) over `max_message_bytes`, refused before it was
-    /// buffered. Close with 1009.
+    /// buffered, or a compressed message inflating past it, stopped there. Close with 1009.
     #[error("message of {len} bytes exceeds the {max} byte limit")]
     TooBig {
         /// Bytes the message would have once this frame is added.
@@ -65,7 +71,7 @@ impl WsError {
     /// 1002 protocol error, 1007 invalid UTF-8 payload, 1009 too big.
     pub fn close_code(&self) -> u16 {
         match self {
-            WsError::InvalidUtf8 => INVALID_PAYLOAD,
+            WsError::InvalidUtf8 | WsError::InvalidDeflate => INVALID_PAYLOAD,
             WsError::TooBig { .. } => MESSAGE_TOO_BIG,
             _ => PROTOCOL_ERROR,
         }
@@ -88,6 +94,7 @@ mod tests {
         assert_eq!(WsError::Unmasked.close_code(), 1002);
         assert_eq!(WsError::InvalidCloseCode(1005).close_code(), 1002);
         assert_eq!(WsError::InvalidUtf8.close_code(), 1007);
+        assert_eq!(WsError::InvalidDeflate.close_code(), 1007);
         assert_eq!(WsError::TooBig { len: 10, max: 5 }.close_code(), 1009);
     }
 

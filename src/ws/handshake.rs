@@ -1,6 +1,7 @@
 //! The HTTP/1.1 upgrade to WebSocket (RFC 6455 4.2): checks the client's request head
-//! and builds the `101 Switching Protocols` answer. No subprotocol and no extension is
-//! ever negotiated, so the answer depends only on `Sec-WebSocket-Key`.
+//! and builds the `101 Switching Protocols` answer. No subprotocol is negotiated; the one
+//! extension is permessage-deflate, when the caller agreed to it (`extension::negotiate`),
+//! so the answer depends only on `Sec-WebSocket-Key` and that agreement.
 
 use std::fmt;
 
@@ -8,6 +9,8 @@ use bytes::Bytes;
 use http::header::{CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
 use http::{HeaderMap, Method, Version};
 use tungstenite::handshake::derive_accept_key;
+
+use super::extension::Deflate;
 
 /// Why an upgrade request was refused. The caller answers with [`HandshakeError::status`]
 /// and [`HandshakeError::message`] (or sends [`HandshakeError::error_response`] as is) and
@@ -90,11 +93,22 @@ impl fmt::Display for HandshakeError {
 
 impl std::error::Error for HandshakeError {}
 
-/// Validates an upgrade request and returns the full `101 Switching Protocols` response.
+/// Validates an upgrade request and returns the full `101 Switching Protocols` response,
+/// negotiating no extension.
 pub fn upgrade_response(
     method: &Method,
     version: Version,
     headers: &HeaderMap,
+) -> Result<Bytes, HandshakeError> {
+    upgrade_response_with(method, version, headers, None)
+}
+
+/// [`upgrade_response`] answering `Sec-WebSocket-Extensions` with `deflate` when given.
+pub fn upgrade_response_with(
+    method: &Method,
+    version: Version,
+    headers: &HeaderMap,
+    deflate: Option<&Deflate>,
 ) -> Result<Bytes, HandshakeError> {
     if method != Method::GET {
         return Err(HandshakeError::Method);
@@ -127,6 +141,10 @@ pub fn upgrade_response(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
     );
     out.extend_from_slice(accept.as_bytes());
+    if let Some(deflate) = deflate {
+        out.extend_from_slice(b"\r\nSec-WebSocket-Extensions: ");
+        out.extend_from_slice(deflate.response_value().as_bytes());
+    }
     out.extend_from_slice(b"\r\n\r\n");
     Ok(Bytes::from(out))
 }
@@ -183,6 +201,35 @@ mod tests {
             &response[..],
             &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"[..]
+        );
+    }
+
+    #[test]
+    fn an_agreed_deflate_is_answered() {
+        let mut headers = request();
+        headers.insert(
+            http::header::SEC_WEBSOCKET_EXTENSIONS,
+            "permessage-deflate; client_max_window_bits"
+                .parse()
+                .expect("static"),
+        );
+        let plain = upgrade(&headers).expect("valid");
+        assert!(
+            !std::str::from_utf8(&plain)
+                .expect("ascii")
+                .contains("Extensions")
+        );
+        let deflate = crate::ws::negotiate(&headers).expect("offered");
+        let response =
+            upgrade_response_with(&Method::GET, Version::HTTP_11, &headers, Some(&deflate))
+                .expect("valid");
+        let text = std::str::from_utf8(&response).expect("ascii");
+        assert!(
+            text.ends_with(
+                "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; \
+                 client_no_context_takeover\r\n\r\n"
+            ),
+            "{text}"
         );
     }
 

@@ -40,6 +40,8 @@ pub struct Header {
     pub kind: FrameKind,
     /// FIN: this frame ends its message.
     pub fin: bool,
+    /// RSV1: with permessage-deflate, the first frame of a compressed message.
+    pub rsv1: bool,
     /// The client's masking key (always present: unmasked frames are refused).
     pub mask: [u8; 4],
     /// Payload length as announced; below 2^63, and at most 125 for control frames.
@@ -62,7 +64,9 @@ pub fn parse_header(bytes: &[u8]) -> Result<Option<(Header, usize)>, WsError> {
     };
     // The cursor stopped inside `bytes`, so its position fits in usize.
     let size = usize::try_from(cursor.position()).unwrap_or(bytes.len());
-    if raw.rsv1 || raw.rsv2 || raw.rsv3 {
+    // RSV1 is permessage-deflate's "compressed" bit: whether it is allowed depends on the
+    // negotiation and on the message state, which the decoder knows.
+    if raw.rsv2 || raw.rsv3 {
         return Err(WsError::ReservedBits);
     }
     let kind = match raw.opcode {
@@ -83,6 +87,9 @@ pub fn parse_header(bytes: &[u8]) -> Result<Option<(Header, usize)>, WsError> {
         return Err(WsError::LengthOverflow);
     }
     if kind.is_control() {
+        if raw.rsv1 {
+            return Err(WsError::ReservedBits);
+        }
         if !raw.is_final {
             return Err(WsError::FragmentedControl);
         }
@@ -93,6 +100,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<Option<(Header, usize)>, WsError> {
     let header = Header {
         kind,
         fin: raw.is_final,
+        rsv1: raw.rsv1,
         mask,
         len,
     };
@@ -161,12 +169,21 @@ mod tests {
 
     #[test]
     fn reserved_bits_are_protocol_error() {
-        for rsv in [0x40, 0x20, 0x10] {
+        for rsv in [0x20, 0x10] {
             assert_eq!(
                 parse_header(&header_bytes(0x81 | rsv, 3, true)),
                 Err(WsError::ReservedBits)
             );
         }
+        // RSV1 is left to the decoder on data frames, refused on control frames.
+        let (header, _) = parse_header(&header_bytes(0xc1, 3, true))
+            .expect("ok")
+            .expect("complete");
+        assert!(header.rsv1);
+        assert_eq!(
+            parse_header(&header_bytes(0xc9, 0, true)),
+            Err(WsError::ReservedBits)
+        );
     }
 
     #[test]

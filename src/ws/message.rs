@@ -25,6 +25,9 @@ pub struct Message {
     /// Opcode of the first frame; `Some` while a message is open, so a stray continuation
     /// or an interleaved new message can be refused.
     kind: Option<MessageKind>,
+    /// The first frame had RSV1 (permessage-deflate): `buf` holds deflate data, checked
+    /// for UTF-8 only once inflated.
+    compressed: bool,
     /// Unmasked payload received so far.
     buf: Vec<u8>,
     /// Length of the prefix of `buf` known to be valid UTF-8 (text only). What follows is at
@@ -49,9 +52,11 @@ impl Message {
         self.buf.capacity()
     }
 
-    /// Opens a message of type `kind`; the caller has checked none was open.
-    pub fn start(&mut self, kind: MessageKind) {
+    /// Opens a message of type `kind`, compressed or not; the caller has checked none
+    /// was open.
+    pub fn start(&mut self, kind: MessageKind, compressed: bool) {
         self.kind = Some(kind);
+        self.compressed = compressed;
         self.utf8_valid = 0;
     }
 
@@ -63,22 +68,24 @@ impl Message {
     /// Appends unmasked payload bytes; a text message fails here on the first invalid byte.
     pub fn extend(&mut self, chunk: &[u8]) -> Result<(), WsError> {
         self.buf.extend_from_slice(chunk);
-        if self.kind == Some(MessageKind::Text) {
+        if self.kind == Some(MessageKind::Text) && !self.compressed {
             self.utf8_valid += utf8_prefix_len(&self.buf[self.utf8_valid..])?;
         }
         Ok(())
     }
 
-    /// Closes the message and hands over its bytes, leaving no heap memory behind.
-    /// A text message must not end inside a character.
-    pub fn finish(&mut self) -> Result<(MessageKind, Vec<u8>), WsError> {
+    /// Closes the message and hands over its bytes and whether they are compressed,
+    /// leaving no heap memory behind. An uncompressed text message must not end inside a
+    /// character.
+    pub fn finish(&mut self) -> Result<(MessageKind, bool, Vec<u8>), WsError> {
         let kind = self.kind.take().unwrap_or(MessageKind::Binary);
+        let compressed = std::mem::take(&mut self.compressed);
         let buf = std::mem::take(&mut self.buf);
-        if kind == MessageKind::Text && self.utf8_valid != buf.len() {
+        if kind == MessageKind::Text && !compressed && self.utf8_valid != buf.len() {
             return Err(WsError::InvalidUtf8);
         }
         self.utf8_valid = 0;
-        Ok((kind, buf))
+        Ok((kind, compressed, buf))
     }
 }
 
@@ -108,14 +115,14 @@ mod tests {
     #[test]
     fn text_split_inside_a_character_is_accepted_when_completed() {
         let mut message = Message::default();
-        message.start(MessageKind::Text);
+        message.start(MessageKind::Text, false);
         let text = "κόσμε".as_bytes();
         for byte in text {
             message
                 .extend(std::slice::from_ref(byte))
                 .expect("valid so far");
         }
-        let (kind, buf) = message.finish().expect("complete text");
+        let (kind, _, buf) = message.finish().expect("complete text");
         assert_eq!((kind, buf.as_slice()), (MessageKind::Text, text));
         assert!(!message.is_open());
         assert_eq!(message.heap_bytes(), 0);
@@ -124,7 +131,7 @@ mod tests {
     #[test]
     fn text_ending_inside_a_character_is_invalid() {
         let mut message = Message::default();
-        message.start(MessageKind::Text);
+        message.start(MessageKind::Text, false);
         message
             .extend(&"€".as_bytes()[..2])
             .expect("incomplete is fine mid-message");
@@ -134,10 +141,10 @@ mod tests {
     #[test]
     fn binary_is_not_checked_for_utf8() {
         let mut message = Message::default();
-        message.start(MessageKind::Binary);
+        message.start(MessageKind::Binary, false);
         message
             .extend(&[0xff, 0xfe])
             .expect("binary accepts any byte");
-        assert_eq!(message.finish().map(|(_, b)| b), Ok(vec![0xff, 0xfe]));
+        assert_eq!(message.finish().map(|(_, _, b)| b), Ok(vec![0xff, 0xfe]));
     }
 }

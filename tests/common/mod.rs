@@ -217,6 +217,8 @@ pub fn http(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub fin: bool,
+    /// RSV1: a permessage-deflate compressed message.
+    pub rsv1: bool,
     pub opcode: u8,
     pub payload: Vec<u8>,
 }
@@ -279,6 +281,25 @@ impl Ws {
             "wrong accept key: {head}"
         );
         ws
+    }
+
+    /// Connects and upgrades on `path` with extra request header lines (each ending in
+    /// CRLF), asserting the 101; returns the client and the response head.
+    pub fn connect_with(port: u16, path: &str, headers: &str) -> (Ws, String) {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let request = upgrade_request(path);
+        let request = format!("{}{headers}\r\n", &request[..request.len() - 2]);
+        stream.write_all(request.as_bytes()).expect("write");
+        let mut ws = Ws {
+            stream,
+            buf: Vec::new(),
+        };
+        let head = ws.read_head();
+        assert!(head.starts_with("HTTP/1.1 101"), "no 101: {head}");
+        (ws, head)
     }
 
     /// Connects to the default app and returns the client and its socket id.
@@ -425,6 +446,7 @@ fn parse_server_frame(buf: &[u8]) -> Option<(Frame, usize)> {
     }
     let frame = Frame {
         fin: buf[0] & 0x80 != 0,
+        rsv1: buf[0] & 0x40 != 0,
         opcode: buf[0] & 0x0f,
         payload: buf[start..start + len].to_vec(),
     };

@@ -335,3 +335,100 @@ fn idle_decoder_is_small() {
         std::mem::size_of::<Decoder>()
     );
 }
+
+/// RSV1: the "compressed" bit of permessage-deflate.
+const RSV1: u8 = 0x40;
+
+/// Raw deflate of `text` as a client sends it: fresh stream, tail removed.
+fn deflated(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    crate::ws::Deflater::default().compress_into(text, 15, &mut out);
+    out
+}
+
+/// Feeds each chunk with an inflater, as a connection that negotiated deflate.
+fn feed_inflating(decoder: &mut Decoder, chunks: &[&[u8]]) -> Result<Vec<Got>, WsError> {
+    let mut inflater = crate::ws::Inflater::default();
+    let mut got = Vec::new();
+    for chunk in chunks {
+        let mut read = chunk.to_vec();
+        decoder.feed_inflating(&mut read, &mut inflater, |event| {
+            got.push(own(event));
+            Flow::Continue
+        })?;
+    }
+    Ok(got)
+}
+
+#[test]
+fn compressed_messages_are_inflated_whole_cut_or_fragmented() {
+    let text = "{\"event\":\"client-x\",\"data\":\"κόσμε κόσμε κόσμε\"}".repeat(20);
+    let data = deflated(text.as_bytes());
+    let whole = frame(FIN | RSV1 | TEXT, &data);
+    let plain = frame(FIN | TEXT, b"plain");
+    let mut stream = whole.clone();
+    stream.extend_from_slice(&plain);
+    let expected = vec![Got::Text(text.clone()), Got::Text("plain".into())];
+    for cut in 0..stream.len() {
+        let mut decoder = Decoder::new(1 << 20);
+        let got = feed_inflating(&mut decoder, &[&stream[..cut], &stream[cut..]]);
+        assert_eq!(got.as_ref(), Ok(&expected), "cut {cut}");
+        assert!(decoder.is_idle());
+    }
+    // RSV1 on the first fragment only; a ping between fragments.
+    let (a, b) = data.split_at(data.len() / 2);
+    let fragmented = [
+        frame(RSV1 | TEXT, a),
+        frame(FIN | PING, b"p"),
+        frame(FIN | CONT, b),
+    ]
+    .concat();
+    let got = feed_inflating(&mut Decoder::new(1 << 20), &[&fragmented]);
+    assert_eq!(
+        got,
+        Ok(vec![Got::Ping(b"p".to_vec()), Got::Text(text.clone())])
+    );
+    let binary = frame(FIN | RSV1 | BINARY, &deflated(&[0xff; 100]));
+    let got = feed_inflating(&mut Decoder::new(1 << 20), &[&binary]);
+    assert_eq!(got, Ok(vec![Got::Binary(vec![0xff; 100])]));
+}
+
+#[test]
+fn rsv1_where_deflate_does_not_allow_it_is_a_protocol_error() {
+    let data = deflated(b"hello");
+    // Not negotiated: no inflater.
+    assert_eq!(
+        decode(&frame(FIN | RSV1 | TEXT, &data)),
+        Err(WsError::ReservedBits)
+    );
+    for bad in [
+        [frame(RSV1 | TEXT, &data), frame(FIN | RSV1 | CONT, b"")].concat(),
+        frame(FIN | RSV1 | PING, b""),
+        frame(FIN | RSV1 | CLOSE, b""),
+    ] {
+        let got = feed_inflating(&mut Decoder::new(1 << 20), &[&bad]);
+        assert_eq!(got, Err(WsError::ReservedBits));
+        assert_eq!(WsError::ReservedBits.close_code(), 1002);
+    }
+}
+
+#[test]
+fn compressed_data_is_checked_once_inflated() {
+    let bad_utf8 = frame(FIN | RSV1 | TEXT, &deflated(&[b'a', 0xff]));
+    let got = feed_inflating(&mut Decoder::new(1 << 20), &[&bad_utf8]);
+    assert_eq!(got, Err(WsError::InvalidUtf8));
+    let garbage = frame(FIN | RSV1 | TEXT, &[0xff, 0xff, 0xff, 0xff]);
+    let got = feed_inflating(&mut Decoder::new(1 << 20), &[&garbage]);
+    assert_eq!(got.map_err(|e| e.close_code()), Err(1007));
+}
+
+#[test]
+fn a_compressed_message_inflating_past_the_limit_is_too_big() {
+    // 10 MB of zeros is about 10 KB of deflate: small on the wire, refused once inflated.
+    let data = deflated(&vec![b'0'; 10 << 20]);
+    assert!(data.len() < 20_000, "{}", data.len());
+    let bomb = frame(FIN | RSV1 | TEXT, &data);
+    let max = 256 * 1024;
+    let got = feed_inflating(&mut Decoder::new(max), &[&bomb]);
+    assert_eq!(got.map_err(|e| e.close_code()), Err(1009));
+}
